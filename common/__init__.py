@@ -1,0 +1,1 @@
+"""Helpers every stage shares: atomic writes, content hashing, the data-root layout, stage reports."""

@@ -1,0 +1,7 @@
+"""The base of every stage's settings: unknown keys are errors, so a typo never passes silently."""
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)

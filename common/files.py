@@ -1,0 +1,104 @@
+"""Atomic file writes and content hashing.
+
+Every file a stage produces appears whole or not at all: it is written to a temporary file in the
+same directory, flushed to disk, then renamed over the target (rename is atomic on POSIX).
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+_CHUNK = 1 << 20
+
+
+@contextmanager
+def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success it is fsynced and renamed onto `target`.
+
+    For writers that want a path (np.save, torch.save, cv2.imwrite). `suffix` keeps the extension
+    for writers that pick the format from it. On error the temporary file is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: str | Path, text: str) -> Path:
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: str | Path, obj: Any) -> Path:
+    return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_with(target: str | Path, write: Callable[[Path], Any], suffix: str = "") -> Path:
+    """Call `write(tmp_path)` and move the result onto `target` atomically."""
+    with atomic_path(target, suffix=suffix) as tmp:
+        write(tmp)
+    return Path(target)
+
+
+def atomic_symlink(target: str | Path, link: str | Path) -> None:
+    """Point `link` at `target` (relative paths work best), replacing any old link atomically."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def config_hash(config: BaseModel | dict, length: int = 12) -> str:
+    """A short, stable hash of a config: the same settings give the same hash across runs."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return sha256_bytes(canonical.encode())[:length]
+
+
+def tree_fingerprint(paths: list[Path]) -> str:
+    """A cheap content fingerprint of files on disk: their names, sizes and modification times.
+
+    Used for cache keys of whole stages, where hashing every byte of every input would cost more
+    than the stage itself; files that change are rewritten atomically, so their mtime changes too.
+    """
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()

