@@ -21,6 +21,7 @@ class StageReport:
     counts: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)  # label -> path on disk
     notes: list[str] = field(default_factory=list)
+    tables: dict[str, list[dict]] = field(default_factory=dict)  # name -> rows, shown as table artifacts
     seconds: float = 0.0
     skipped: bool = False  # True when the inputs were unchanged and nothing was redone
 

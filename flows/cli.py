@@ -1,0 +1,186 @@
+"""The `faces` command: run the pipeline or one stage now, serve deployments, run the offline demo.
+
+Every command takes --config (faces.toml) and --data-dir; on failure it prints one line and exits 1.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from common.report import BadInputError
+from flows.config import STAGES, PipelineConfig, load_config
+
+
+def _load(args: argparse.Namespace) -> PipelineConfig:
+    cfg = load_config(args.config or _default_config())
+    if getattr(args, "data_dir", None):
+        cfg.data_dir = args.data_dir
+    return cfg
+
+
+def _default_config() -> Path | None:
+    """./faces.toml when present, so `faces run` in a project folder just works."""
+    path = Path("faces.toml")
+    return path if path.is_file() else None
+
+
+def _stage_config(cfg: PipelineConfig, stage: str):
+    return getattr(cfg, "validate_" if stage == "validate" else stage)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from flows.pipeline import faces_pipeline
+
+    cfg = _load(args)
+    stages = args.stages.split(",") if args.stages else list(STAGES)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise BadInputError(f"unknown stage(s) {unknown} in --stages; choose from {','.join(STAGES)}")
+    configs = {s: _stage_config(cfg, s) for s in STAGES}
+    results = faces_pipeline(data_dir=cfg.data_dir, stages=stages, force=args.force, **configs)
+    _print_results(results)
+
+
+def cmd_stage(args: argparse.Namespace) -> None:
+    if args.stage == "validate" and (args.release or args.quarantine):
+        return cmd_quarantine(args)
+    from flows.pipeline import STAGE_FLOWS
+
+    cfg = _load(args)
+    kwargs = {"run": args.run} if args.stage == "export" else {}
+    result = STAGE_FLOWS[args.stage](
+        data_dir=cfg.data_dir, force=args.force, **{args.stage: _stage_config(cfg, args.stage)}, **kwargs
+    )
+    _print_results({args.stage: result})
+
+
+def cmd_quarantine(args: argparse.Namespace) -> None:
+    from common.layout import DataRoot
+    from preprocess import validate
+
+    root = DataRoot(_load(args).data_dir)
+    for crop_id in args.release or []:
+        validate.release(crop_id, root)
+        print(f"released {crop_id}; run `faces validate` to build a snapshot that includes it")
+    if args.quarantine:
+        reason = None if args.quarantine == "all" else args.quarantine
+        for row in validate.list_quarantine(root, reason=reason):
+            print("\t".join(str(v) for v in row.values()) if isinstance(row, dict) else row)
+
+
+def cmd_forget(args: argparse.Namespace) -> None:
+    from common.layout import DataRoot
+    from preprocess.takedown import forget
+
+    cfg = _load(args)
+    report = forget(args.key, DataRoot(cfg.data_dir), cfg.validate_)
+    print(report.markdown())
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from models.inference import sample
+
+    paths = sample(args.model, n=args.n, seed=args.seed, out_dir=args.out)
+    print(f"wrote {len(paths)} samples to {args.out}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from flows.deployments import serve_all
+
+    serve_all(_load(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from flows.demo.run import run_demo
+
+    run_demo(Path(args.data_dir or "demo-data"), steps=args.steps, keep_serving=args.keep_serving)
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    from flows.config import to_toml
+
+    print(to_toml(_load(args)), end="")
+
+
+def _print_results(results: dict) -> None:
+    for stage, result in results.items():
+        counts = ", ".join(f"{k}={v}" for k, v in result.get("counts", {}).items())
+        print(f"{stage}: {counts} ({result.get('seconds', 0)} s)")
+        for label, path in result.get("outputs", {}).items():
+            print(f"  {label}: {path}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="faces.toml (default: ./faces.toml if present)")
+    p.add_argument("--data-dir", help="data root (default: data_dir in the config, else ./data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faces", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline (or --stages) now")
+    _common(p)
+    p.add_argument("--stages", help="comma-separated subset, e.g. train,export")
+    p.add_argument("--force", action="store_true", help="redo work whose inputs did not change")
+    p.set_defaults(func=cmd_run)
+
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=f"run only the {stage} stage now")
+        _common(p)
+        p.add_argument("--force", action="store_true", help="redo work whose inputs did not change")
+        p.set_defaults(func=cmd_stage, stage=stage)
+        if stage == "validate":
+            p.add_argument("--release", action="append", metavar="CROP_ID", help="release a quarantined crop")
+            p.add_argument(
+                "--quarantine", nargs="?", const="all", metavar="REASON", help="list quarantined crops"
+            )
+        if stage == "export":
+            p.add_argument("--run", help="the training run to export (default: the latest)")
+
+    p = sub.add_parser("forget", help="take an image down: by image URL, page URL or sha256")
+    _common(p)
+    p.add_argument("key")
+    p.set_defaults(func=cmd_forget)
+
+    p = sub.add_parser("sample", help="generate images from an exported generator")
+    p.add_argument("--model", required=True, help="generator.pt or generator.torchscript.pt from an export")
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("serve", help="serve the deployments (nightly, manual, one per stage)")
+    _common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="the whole pipeline offline, on a local demo gallery")
+    p.add_argument("--data-dir", help="where the demo writes (default: ./demo-data)")
+    p.add_argument("--steps", type=int, help="training steps (default: a few minutes on 2 CPU cores)")
+    p.add_argument("--keep-serving", action="store_true", help="keep the gallery up after the run")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", help="print the effective configuration as TOML")
+    _common(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BadInputError as e:
+        print(f"faces: error: {'; '.join(str(e).splitlines())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("faces: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; the traceback is in the Prefect logs above
+        print(f"faces: {args.command} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Prefect tasks: each wraps one stage function with retries, a content-based cache and artifacts."""
+
+import base64
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+from pydantic import ValidationError
+
+from common.files import sha256_bytes
+from common.layout import DataRoot
+from common.report import BadInputError, StageReport
+from models import export as export_stage
+from models import train as train_stage
+from models.config import ExportConfig, TrainConfig
+from preprocess import pipeline as preprocess_stage
+from preprocess import validate as validate_stage
+from preprocess.config import PreprocessConfig, ValidateConfig
+from scraper import crawl as scrape_stage
+from scraper.config import ScrapeConfig
+
+# Bad input or config fails at once; everything else (network, CUDA out of memory, a killed worker
+# process) may pass, so it is retried after 10, 20, 40 s, each stretched by up to 50% of jitter.
+PERMANENT_ERRORS = (BadInputError, ValidationError)
+
+
+def is_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except PERMANENT_ERRORS:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+RETRIES = dict(
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+)
+
+
+def content_cache_key(fingerprint: Callable[..., str]) -> Callable[[TaskRunContext, dict], str]:
+    """A cache key from what is on disk: the stage's input fingerprint (content hashes and config).
+
+    The data root is part of the key too, so two data roots with equal inputs never share outputs.
+    """
+
+    def key(context: TaskRunContext, parameters: dict) -> str:
+        root = DataRoot(parameters["data_dir"])
+        extra = {k: v for k, v in parameters.items() if k not in ("config", "data_dir", "force")}
+        inputs = fingerprint(parameters["config"], root, **extra)
+        return sha256_bytes(f"{context.task.name}|{root.root}|{inputs}".encode())
+
+    return key
+
+
+class ProgressArtifact:
+    """Turns a stage's on_progress(done, total, message) calls into a Prefect progress artifact."""
+
+    def __init__(self, stage: str, min_interval: float = 1.0) -> None:
+        self.stage = stage
+        self.min_interval = min_interval
+        self.artifact_id = create_progress_artifact(0.0, key=f"{stage}-progress", description=f"{stage}")
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        now = time.monotonic()
+        if now - self.last < self.min_interval and done < total:
+            return
+        self.last = now
+        update_progress_artifact(self.artifact_id, 100.0 * done / max(total, 1), description=message)
+
+
+def publish(report: StageReport) -> None:
+    """The stage's summary as artifacts: markdown, one table per report table, the sample grid."""
+    stage = report.stage
+    create_markdown_artifact(report.markdown(), key=f"{stage}-summary", description=f"{stage} summary")
+    for name, rows in report.tables.items():
+        if rows:
+            create_table_artifact(rows, key=f"{stage}-{name}".lower().replace("_", "-"))
+    grid = report.outputs.get("grid")
+    if grid and Path(grid).is_file():
+        data = base64.b64encode(Path(grid).read_bytes()).decode()
+        create_image_artifact(f"data:image/png;base64,{data}", key="sample-grid", description="samples")
+    get_run_logger().info("%s done in %.1f s: %s", stage, report.seconds, report.counts)
+
+
+def _run(stage_fn: Callable[..., StageReport], stage: str, config, data_dir: str, force: bool, **kw):
+    report = stage_fn(config, DataRoot(data_dir), force=force, on_progress=ProgressArtifact(stage), **kw)
+    publish(report)
+    return report
+
+
+@task(name="scrape", **RETRIES)
+def scrape_task(config: ScrapeConfig, data_dir: str, force: bool = False) -> StageReport:
+    # Never cached: the web changes; re-crawls are incremental through conditional requests.
+    return _run(scrape_stage.crawl, "scrape", config, data_dir, force)
+
+
+@task(name="preprocess", cache_key_fn=content_cache_key(preprocess_stage.input_fingerprint), **RETRIES)
+def preprocess_task(config: PreprocessConfig, data_dir: str, force: bool = False) -> StageReport:
+    return _run(preprocess_stage.preprocess, "preprocess", config, data_dir, force)
+
+
+@task(name="validate", cache_key_fn=content_cache_key(validate_stage.input_fingerprint), **RETRIES)
+def validate_task(config: ValidateConfig, data_dir: str, force: bool = False) -> StageReport:
+    return _run(validate_stage.validate, "validate", config, data_dir, force)
+
+
+@task(name="train", cache_key_fn=content_cache_key(train_stage.input_fingerprint), **RETRIES)
+def train_task(config: TrainConfig, data_dir: str, force: bool = False) -> StageReport:
+    return _run(train_stage.train, "train", config, data_dir, force)
+
+
+@task(name="export", cache_key_fn=content_cache_key(export_stage.input_fingerprint), **RETRIES)
+def export_task(
+    config: ExportConfig, data_dir: str, force: bool = False, run: str | None = None
+) -> StageReport:
+    return _run(export_stage.export, "export", config, data_dir, force, run=run)

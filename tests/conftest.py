@@ -1,0 +1,32 @@
+"""Test-wide setup: Prefect runs against a throwaway database and result store, never ~/.prefect."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports prefect: its settings are read once, at import.
+_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="faces-test-prefect-"))
+os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_PREFECT_HOME / "results")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.pop("PREFECT_API_URL", None)
+
+PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (starting one costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def photos_dir() -> Path:
+    if not PHOTOS.is_dir():
+        pytest.fail(f"{PHOTOS} is missing: the shared photos must sit beside the project (../shared/data/photos)")
+    return PHOTOS
