@@ -8,6 +8,8 @@ soft shadows and the whole face is blurred a little. Faces stay frontal and roug
 DCGAN trained on them learns something face-like.
 """
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -80,6 +82,19 @@ def draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
 # ---------------------------------------------------------------- face parts
 
 
+@dataclass
+class _Face:
+    """Where the face sits on the drawing canvas, and its skin."""
+
+    cx: int  # centre of the face ellipse
+    cy: int
+    a: int  # half-width
+    b: int  # half-height
+    canvas: int  # side of the (padded) drawing canvas
+    light: float  # side lighting: brighter right (> 0) or left (< 0)
+    skin: np.ndarray  # BGR float32
+
+
 def _soft_ellipse(canvas, centre, axes, colour, strength: float, blur: float):
     """Blend `colour` into `canvas` through a blurred ellipse mask (soft shadows and highlights)."""
     reach = int(max(axes) + 3 * blur + 2)  # work on the patch the blurred mask can touch
@@ -93,7 +108,7 @@ def _soft_ellipse(canvas, centre, axes, colour, strength: float, blur: float):
 
 def _draw_hair_back(layer, alpha, f, hair, style):
     """Hair behind the head: long styles fall to the shoulders."""
-    cx, cy, a, b = f["cx"], f["cy"], f["a"], f["b"]
+    cx, cy, a, b = f.cx, f.cy, f.a, f.b
     if style in ("long", "bob"):
         drop = int(b * (1.3 if style == "long" else 0.55))
         cv2.ellipse(layer, (cx, cy - b // 6), (int(a * 1.22), int(b * 1.08)), 0, 180, 360, hair, -1)
@@ -108,13 +123,13 @@ def _draw_hair_back(layer, alpha, f, hair, style):
 
 def _draw_body(layer, alpha, f, skin, shirt):
     """Neck and shoulders below the face."""
-    cx, cy, a, b, size = f["cx"], f["cy"], f["a"], f["b"], f["size"]
+    cx, cy, a, b, bottom = f.cx, f.cy, f.a, f.b, f.canvas
     neck_w = int(a * 0.55)
     shoulders = (cx, cy + int(b * 1.75))
     cv2.ellipse(layer, shoulders, (int(a * 2.1), int(b * 0.75)), 0, 180, 360, shirt, -1)
-    cv2.rectangle(layer, (cx - int(a * 2.1), shoulders[1]), (cx + int(a * 2.1), size * 2), shirt, -1)
+    cv2.rectangle(layer, (cx - int(a * 2.1), shoulders[1]), (cx + int(a * 2.1), bottom), shirt, -1)
     cv2.ellipse(alpha, shoulders, (int(a * 2.1), int(b * 0.75)), 0, 180, 360, 1.0, -1)
-    cv2.rectangle(alpha, (cx - int(a * 2.1), shoulders[1]), (cx + int(a * 2.1), size * 2), 1.0, -1)
+    cv2.rectangle(alpha, (cx - int(a * 2.1), shoulders[1]), (cx + int(a * 2.1), bottom), 1.0, -1)
     neck = _colour(skin * 0.78)
     cv2.rectangle(layer, (cx - neck_w, cy + b // 2), (cx + neck_w, shoulders[1] - int(b * 0.45)), neck, -1)
     cv2.ellipse(layer, (cx, shoulders[1] - int(b * 0.5)), (neck_w, int(b * 0.2)), 0, 0, 180, neck, -1)
@@ -123,7 +138,7 @@ def _draw_body(layer, alpha, f, skin, shirt):
 
 def _draw_head(layer, alpha, f, skin, shape_scale):
     """Ears and the face ellipse, shaded darker towards its rim and lit from one side."""
-    cx, cy, a, b = f["cx"], f["cy"], f["a"], f["b"]
+    cx, cy, a, b = f.cx, f.cy, f.a, f.b
     for side in (-1, 1):
         ear = (cx + side * a, cy + b // 10)
         cv2.ellipse(layer, ear, (int(a * 0.16), int(b * 0.22)), 0, 0, 360, _colour(skin * 0.85), -1)
@@ -135,7 +150,7 @@ def _draw_head(layer, alpha, f, skin, shape_scale):
     half_w = a * np.where(dy > 0.1, 1 - shape_scale * (dy - 0.1) ** 2, 1.0)
     r2 = ((xx - cx) / np.maximum(half_w, 1)) ** 2 + dy**2
     inside = r2 <= 1
-    light = 1.08 - 0.28 * r2 + f["light"] * (xx - cx) / a
+    light = 1.08 - 0.28 * r2 + f.light * (xx - cx) / a
     shaded = skin[None, None, :] * np.clip(light, 0.55, 1.25)[..., None]
     layer[inside] = shaded[inside]
     alpha[inside] = 1.0
@@ -143,7 +158,7 @@ def _draw_head(layer, alpha, f, skin, shape_scale):
 
 def _shade_face(canvas, f):
     """Shadows under the cheekbones, highlights on forehead and cheekbones: relief that a CNN looks for."""
-    cx, cy, a, b, skin = f["cx"], f["cy"], f["a"], f["b"], f["skin"]
+    cx, cy, a, b, skin = f.cx, f.cy, f.a, f.b, f.skin
     highlight = np.minimum(skin * 1.3 + 12, 255)
     _soft_ellipse(canvas, (cx, cy - int(b * 0.38)), (int(a * 0.42), int(b * 0.1)), highlight, 0.4, a * 0.1)
     for side in (-1, 1):
@@ -167,7 +182,7 @@ def _shade_face(canvas, f):
 
 def _draw_hair_top(layer, f, hair, style, rng):
     """Hair over the crown and forehead."""
-    cx, cy, a, b = f["cx"], f["cy"], f["a"], f["b"]
+    cx, cy, a, b = f.cx, f.cy, f.a, f.b
     if style == "bald":
         return
     top = int(b * rng.uniform(0.45, 0.62))  # how far down the forehead the hairline comes, from the top
@@ -187,8 +202,8 @@ def _draw_hair_top(layer, f, hair, style, rng):
 
 def _draw_eye(canvas, centre, f, iris, rng):
     ex, ey = centre
-    w, h = int(f["a"] * 0.2), int(f["a"] * 0.095)
-    _soft_ellipse(canvas, (ex, ey - h // 3), (int(w * 1.35), int(h * 2.0)), f["skin"] * 0.55, 0.6, w / 3)
+    w, h = int(f.a * 0.2), int(f.a * 0.095)
+    _soft_ellipse(canvas, (ex, ey - h // 3), (int(w * 1.35), int(h * 2.0)), f.skin * 0.55, 0.6, w / 3)
     cv2.ellipse(canvas, (ex, ey), (w, h), 0, 0, 360, (235, 238, 240), -1)
     look = int(rng.integers(-1, 2)) * max(1, w // 8)
     r_iris = max(2, int(h * 1.0))
@@ -197,26 +212,24 @@ def _draw_eye(canvas, centre, f, iris, rng):
     cv2.circle(canvas, (ex + look - r_iris // 3, ey - r_iris // 3), max(1, r_iris // 4), (250, 250, 250), -1)
     # Lids: the upper one heavy and dark, the lower one faint.
     cv2.ellipse(canvas, (ex, ey), (w, h), 0, 180, 360, (25, 25, 30), max(2, h // 3), cv2.LINE_AA)
-    cv2.ellipse(canvas, (ex, ey), (w, h), 0, 0, 180, _colour(f["skin"] * 0.6), 1, cv2.LINE_AA)
+    cv2.ellipse(canvas, (ex, ey), (w, h), 0, 0, 180, _colour(f.skin * 0.6), 1, cv2.LINE_AA)
 
 
 def _draw_brow(canvas, centre, side, f, hair, rng):
     ex, ey = centre
-    w = int(f["a"] * 0.27)
-    lift = int(f["b"] * rng.uniform(0.14, 0.2))
-    arch = f["a"] * rng.uniform(0.04, 0.09)
+    w = int(f.a * 0.27)
+    lift = int(f.b * rng.uniform(0.14, 0.2))
+    arch = f.a * rng.uniform(0.04, 0.09)
     xs = np.linspace(-w, w, 9)
     ys = -lift - arch * (1 - (xs / w) ** 2) + side * xs * 0.08
     pts = np.stack([ex + xs, ey + ys], 1).astype(np.int32)
-    thickness = max(2, int(f["a"] * rng.uniform(0.05, 0.09)))
-    cv2.polylines(
-        canvas, [pts], False, _colour(np.minimum(hair * 0.7, f["skin"] * 0.5)), thickness, cv2.LINE_AA
-    )
+    thickness = max(2, int(f.a * rng.uniform(0.05, 0.09)))
+    cv2.polylines(canvas, [pts], False, _colour(np.minimum(hair * 0.7, f.skin * 0.5)), thickness, cv2.LINE_AA)
 
 
 def _draw_nose(canvas, f, rng):
-    cx, cy, a, b = f["cx"], f["cy"], f["a"], f["b"]
-    skin = f["skin"]
+    cx, cy, a, b = f.cx, f.cy, f.a, f.b
+    skin = f.skin
     tip_y = cy + int(b * rng.uniform(0.18, 0.26))
     width = int(a * rng.uniform(0.16, 0.24))
     # Bridge shadows down both sides, a shadow under the tip, nostrils and a highlight on the tip.
@@ -247,8 +260,8 @@ def _draw_nose(canvas, f, rng):
 
 
 def _draw_mouth(canvas, f, rng):
-    cx, cy, a, b = f["cx"], f["cy"], f["a"], f["b"]
-    skin = f["skin"]
+    cx, cy, a, b = f.cx, f.cy, f.a, f.b
+    skin = f.skin
     my = cy + int(b * rng.uniform(0.46, 0.54))
     w = int(a * rng.uniform(0.36, 0.48))
     smile = rng.uniform(0.0, 1.0) if rng.random() < 0.6 else 0.0
@@ -282,32 +295,31 @@ def draw_face(rng: np.random.Generator, size: int = 256) -> np.ndarray:
     hair = _jitter(rng, HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))], 8).astype(np.float32)
     shirt = rng.uniform(20, 235, 3).astype(np.float32)
     a = int(size * rng.uniform(0.2, 0.26))
-    f = {
-        "size": size,
-        "a": a,
-        "b": int(a * rng.uniform(1.22, 1.38)),
-        "cx": int(size / 2 + rng.uniform(-0.06, 0.06) * size),
-        "cy": int(size * rng.uniform(0.44, 0.52)),
-        "light": rng.uniform(-0.12, 0.12),
-        "skin": skin,
-    }
+    # Drawn on a padded canvas so that the shoulders still reach the frame's corners after rotation.
+    pad = size // 4
+    f = _Face(
+        cx=int(size / 2 + rng.uniform(-0.06, 0.06) * size) + pad,
+        cy=int(size * rng.uniform(0.44, 0.52)) + pad,
+        a=a,
+        b=int(a * rng.uniform(1.22, 1.38)),
+        canvas=size + 2 * pad,
+        light=rng.uniform(-0.12, 0.12),
+        skin=skin,
+    )
     style = HAIR_STYLES[rng.integers(len(HAIR_STYLES))]
 
-    # Draw on a padded canvas so that the shoulders still reach the frame's corners after rotation.
-    pad = size // 4
-    f["cx"], f["cy"], f["size"] = f["cx"] + pad, f["cy"] + pad, size + 2 * pad
-    layer = np.zeros((size + 2 * pad, size + 2 * pad, 3), np.float32)
+    layer = np.zeros((f.canvas, f.canvas, 3), np.float32)
     alpha = np.zeros(layer.shape[:2], np.float32)
     _draw_hair_back(layer, alpha, f, _colour(hair), style)
     _draw_body(layer, alpha, f, skin, _colour(shirt))
     _draw_head(layer, alpha, f, skin, shape_scale=rng.uniform(0.2, 0.45))
     _shade_face(layer, f)
     _draw_hair_top(layer, f, hair, style, rng)
-    eye_y = f["cy"] - int(f["b"] * rng.uniform(0.02, 0.1))
+    eye_y = f.cy - int(f.b * rng.uniform(0.02, 0.1))
     spacing = int(a * rng.uniform(0.36, 0.46))
     iris = _jitter(rng, IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))], 10)
     for side in (-1, 1):
-        eye = (f["cx"] + side * spacing, eye_y)
+        eye = (f.cx + side * spacing, eye_y)
         _draw_eye(layer, eye, f, iris, rng)
         _draw_brow(layer, eye, side, f, hair, rng)
     _draw_nose(layer, f, rng)
@@ -316,7 +328,7 @@ def draw_face(rng: np.random.Generator, size: int = 256) -> np.ndarray:
     layer = cv2.GaussianBlur(layer, (0, 0), size / 256 * 0.9)
     alpha = cv2.GaussianBlur(alpha, (0, 0), size / 256 * 1.2)
     angle = rng.uniform(-10, 10)
-    rotation = cv2.getRotationMatrix2D((f["cx"], f["cy"]), angle, 1.0)
+    rotation = cv2.getRotationMatrix2D((f.cx, f.cy), angle, 1.0)
     rotation[:, 2] -= pad
     layer = cv2.warpAffine(layer, rotation, (size, size), flags=cv2.INTER_LINEAR)
     alpha = cv2.warpAffine(alpha, rotation, (size, size), flags=cv2.INTER_LINEAR)[..., None]
