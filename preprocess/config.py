@@ -19,6 +19,10 @@ class PreprocessConfig(StrictModel):
     min_face_size: int = Field(40, ge=1, description="Smallest face, in original pixels.")
     max_faces: int = Field(4, ge=1, description="Most faces kept per image.")
     crop_size: Literal[32, 64, 128] = 64
+    refine_eyes: bool = Field(
+        True,
+        description="YuNet: re-detect upright and mirrored, then find the pupils (preprocess/landmarks.py).",
+    )
     haar_margin: float = Field(0.25, ge=0, le=2, description="Margin around a Haar box.")
     haar_min_neighbors: int = Field(5, ge=1, description="Haar: overlapping raw detections a face needs.")
     max_pixels: int = Field(

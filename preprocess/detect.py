@@ -16,6 +16,7 @@ from preprocess.config import PreprocessConfig
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 HAAR_FILE = "haarcascade_frontalface_default.xml"
+YUNET_SIZES_KEPT = 8  # networks kept for different input sizes (a few MB each)
 HAAR_MIN_SIZE = 24  # the cascade's own window: smaller faces cannot be found on the working copy
 
 
@@ -56,10 +57,10 @@ class FaceDetector:
     def __init__(self, config: PreprocessConfig) -> None:
         self.config = config
         if config.detector == "yunet":
-            # The input size is set per image in detect(); (320, 320) is a placeholder.
-            self._yunet = cv2.FaceDetectorYN.create(
-                str(yunet_model_path(config)), "", (320, 320), config.score_threshold, config.nms_threshold
-            )
+            self._model = str(yunet_model_path(config))
+            # One network per input size: switching a network's size re-plans it, which costs more than
+            # detecting. Images of one size (the refinement's views, a crawl of same-sized photos) share one.
+            self._yunets: dict[tuple[int, int], cv2.FaceDetectorYN] = {}
         else:
             self._haar = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_FILE))
             if self._haar.empty():
@@ -84,9 +85,23 @@ class FaceDetector:
         faces.sort(key=lambda f: f.score, reverse=True)
         return faces[: self.config.max_faces]
 
+    def detect_as_is(self, bgr: np.ndarray) -> list[Face]:
+        """Every detection on the image at its own size: no working-size copy, no size or count limits."""
+        if self.config.detector == "yunet":
+            return self._detect_yunet(bgr, 1.0, 1.0)
+        return self._detect_haar(bgr, 1.0, 1.0)
+
+    def _yunet_for(self, width: int, height: int) -> cv2.FaceDetectorYN:
+        if (width, height) not in self._yunets:
+            if len(self._yunets) >= YUNET_SIZES_KEPT:
+                self._yunets.pop(next(iter(self._yunets)))  # the oldest
+            self._yunets[width, height] = cv2.FaceDetectorYN.create(
+                self._model, "", (width, height), self.config.score_threshold, self.config.nms_threshold
+            )
+        return self._yunets[width, height]
+
     def _detect_yunet(self, small: np.ndarray, sx: float, sy: float) -> list[Face]:
-        self._yunet.setInputSize((small.shape[1], small.shape[0]))
-        _, rows = self._yunet.detect(small)
+        _, rows = self._yunet_for(small.shape[1], small.shape[0]).detect(small)
         if rows is None:
             return []
         faces = []
