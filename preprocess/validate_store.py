@@ -56,8 +56,8 @@ def connect(path: Path, secure_delete: bool = False) -> Iterator[sqlite3.Connect
 def open_store(root: DataRoot) -> Iterator[sqlite3.Connection]:
     path = store_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with connect(path) as con:
-        con.execute("PRAGMA journal_mode = WAL")
+    # Rollback journal, not WAL, and secure_delete: a takedown must leave no stale copy of a row behind.
+    with connect(path, secure_delete=True) as con:
         con.executescript(SCHEMA)
         yield con
 
