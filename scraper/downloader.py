@@ -1,0 +1,260 @@
+"""One HTTP request, safely: SSRF guard, no automatic redirects, streamed body with a byte cap and
+connect, read and total timeouts.
+
+The SSRF guard looks twice: at the names a host resolves to before connecting (for a clear reason
+in the manifest) and at the address the socket actually connected to (so DNS rebinding between the
+two lookups cannot slip through).
+"""
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+CHUNK = 64 * 1024
+DRAIN_BYTES = 64 * 1024
+HEAD_BYTES = 64  # enough to tell every image type and HTML/SVG apart
+DNS_TTL = 60.0
+_SPECIAL = (  # why an address is refused, most specific first
+    (ipaddress.ip_network("100.64.0.0/10"), "carrier-grade NAT (CGNAT)"),
+    (ipaddress.ip_network("fc00::/7"), "IPv6 unique local (ULA)"),
+)
+
+
+class AddressRefused(Exception):
+    """The SSRF guard refused an address; the message names it and how to allow it."""
+
+
+class FetchError(Exception):
+    """A request that produced no usable response. `transient` errors may pass on a retry."""
+
+    def __init__(self, reason: str, transient: bool, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+        self.refused = refused  # the SSRF guard said no: the whole host is out of bounds
+
+
+@dataclass
+class Fetched:
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = b""
+    stopped: str | None = None  # why the body was not read (opt-out, not an image, ...)
+    elapsed: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class AddressGuard:
+    """Refuses loopback, private, link-local, CGNAT, ULA, multicast and reserved addresses unless
+    one of `allow_networks` holds them."""
+
+    def __init__(self, allow_networks: list[str]) -> None:
+        self.allowed = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
+        self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def check_ip(self, ip: str) -> str | None:
+        """None if the crawler may connect to `ip`, else why not."""
+        addr = ipaddress.ip_address(ip.split("%")[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        if any(addr in net for net in self.allowed):
+            return None
+        if addr.is_global and not addr.is_multicast:
+            return None
+        return (
+            f"{addr} is a {self._kind(addr)} address (SSRF guard); to crawl it on purpose, add its "
+            f'network to [scrape] allow_networks, e.g. "{addr}/{addr.max_prefixlen}"'
+        )
+
+    @staticmethod
+    def _kind(addr) -> str:
+        for net, name in _SPECIAL:
+            if addr.version == net.version and addr in net:
+                return name
+        for attr in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
+            if getattr(addr, f"is_{attr}"):
+                return attr.replace("_", "-")
+        return "non-public"
+
+    def check_url(self, url: str) -> str | None:
+        """Resolve the URL's host and check every address it has; None if all may be reached."""
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            addresses = self._resolve(host, port)
+        except OSError as e:
+            raise FetchError(f"cannot resolve {host}: {e}", transient=True) from None
+        for ip in addresses:
+            if reason := self.check_ip(ip):
+                return f"refused {host}: {reason}"
+        return None
+
+    def _resolve(self, host: str, port: int) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._dns.get((host, port))
+        if cached and now - cached[0] < DNS_TTL:
+            return cached[1]
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = sorted({info[4][0] for info in infos})
+        with self._lock:
+            self._dns[(host, port)] = (now, addresses)
+        return addresses
+
+
+def _guarded(base: type, guard: AddressGuard) -> type:
+    class GuardedConnection(base):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            reason = guard.check_ip(sock.getpeername()[0])
+            if reason:
+                sock.close()
+                raise AddressRefused(f"refused {self.host}: {reason}")
+            return sock
+
+    return GuardedConnection
+
+
+class GuardedAdapter(HTTPAdapter):
+    """requests' adapter whose connections check the peer address they really connected to."""
+
+    def __init__(self, guard: AddressGuard, **kwargs) -> None:
+        self.guard = guard
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        http = type(
+            "GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": _guarded(HTTPConnection, self.guard)}
+        )
+        https = type(
+            "GuardedHTTPSPool",
+            (HTTPSConnectionPool,),
+            {"ConnectionCls": _guarded(HTTPSConnection, self.guard)},
+        )
+        self.poolmanager.pool_classes_by_scheme = {"http": http, "https": https}
+
+
+class Downloader:
+    """GET one URL at a time for one host: keep-alive, at most `connections` sockets."""
+
+    def __init__(
+        self,
+        user_agent: str,
+        guard: AddressGuard,
+        *,
+        timeout: float,
+        total_timeout: float,
+        connections: int = 1,
+    ) -> None:
+        self.guard = guard
+        self.timeout = timeout
+        self.total_timeout = total_timeout
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxies from the environment: the SSRF guard must see the peer
+        self.session.headers.update({"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate"})
+        adapter = GuardedAdapter(guard, pool_connections=4, pool_maxsize=connections, pool_block=True)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def get(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        max_bytes: int,
+        check_headers: Callable[[Fetched], str | None] | None = None,
+        check_head: Callable[[bytes], str | None] | None = None,
+        truncate: bool = False,
+    ) -> Fetched:
+        """GET `url` without following redirects.
+
+        The body is read only for 200 responses, and only while `check_headers` (on the headers)
+        and `check_head` (on the first bytes) find nothing wrong; what they return goes to
+        `Fetched.stopped`. Raises FetchError on network errors, timeouts, bodies over `max_bytes`
+        (unless `truncate`: then the first `max_bytes` are returned) and refused addresses.
+        """
+        if reason := self.guard.check_url(url):
+            raise FetchError(reason, transient=False, refused=True)
+        started = time.monotonic()
+        try:
+            response = self.session.get(
+                url, headers=headers or {}, stream=True, allow_redirects=False, timeout=self.timeout
+            )
+        except AddressRefused as e:
+            raise FetchError(str(e), transient=False, refused=True) from None
+        except requests.Timeout as e:
+            raise FetchError(
+                f"timed out after {self.timeout:g} s: {type(e).__name__}", transient=True
+            ) from None
+        except requests.RequestException as e:
+            raise FetchError(f"network error: {_short(e)}", transient=True) from None
+        with response:
+            fetched = Fetched(url=url, status=response.status_code, headers=response.headers)
+            if response.status_code == 200:
+                fetched.stopped = check_headers(fetched) if check_headers else None
+                if fetched.stopped is None:
+                    fetched.body, fetched.stopped = self._read(
+                        response, max_bytes, started, check_head, truncate
+                    )
+            else:
+                _drain(response)
+            fetched.elapsed = time.monotonic() - started
+        return fetched
+
+    def _read(self, response, max_bytes, started, check_head, truncate) -> tuple[bytes, str | None]:
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > max_bytes and not truncate:
+            raise FetchError(f"Content-Length {length} is over the {max_bytes} byte limit", transient=False)
+        chunks, size, checked = [], 0, check_head is None
+        try:
+            for chunk in response.iter_content(CHUNK):
+                chunks.append(chunk)
+                size += len(chunk)
+                if not checked and size >= HEAD_BYTES:
+                    checked = True
+                    if reason := check_head(b"".join(chunks)):
+                        return b"".join(chunks), reason
+                if size > max_bytes and truncate:
+                    return b"".join(chunks)[:max_bytes], None
+                if size > max_bytes:
+                    raise FetchError(
+                        f"body over the {max_bytes} byte limit; download stopped", transient=False
+                    )
+                if time.monotonic() - started > self.total_timeout:
+                    raise FetchError(f"download took over {self.total_timeout:g} s; stopped", transient=True)
+        except requests.RequestException as e:
+            raise FetchError(f"download broke off: {_short(e)}", transient=True) from None
+        body = b"".join(chunks)
+        return body, None if checked else check_head(body)
+
+
+def _drain(response, limit: int = DRAIN_BYTES) -> None:
+    """Read a small error body to its end, so the connection stays open for the next request."""
+    try:
+        size = 0
+        for chunk in response.iter_content(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                return  # not worth it: the connection is closed instead
+    except requests.RequestException:
+        pass
+
+
+def _short(error: Exception) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text[:300]}"

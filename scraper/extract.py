@@ -1,0 +1,315 @@
+"""HTML -> links to follow and image candidates, with alt text, captions, licences and opt-outs.
+
+Image candidates come from `<img>` (src, srcset, lazy-loading attributes), `<picture><source>`,
+`<a href>` links to full-size images and `og:image`; of a srcset the largest candidate is taken.
+"""
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from bs4 import BeautifulSoup, Tag
+
+from scraper.urls import looks_like_image, normalize
+
+LAZY_SRC = ("data-src", "data-lazy-src", "data-original", "data-full-src", "data-lazy")
+LAZY_SRCSET = ("data-srcset", "data-lazy-srcset")
+PLACEHOLDER = re.compile(r"(placeholder|blank|spacer|transparent|pixel|lazy|loading|1x1)[^/]*$", re.I)
+MIME_TYPES = {
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/bmp": "bmp",
+}
+MAX_TEXT = 1000
+
+
+@dataclass(frozen=True)
+class ImageCandidate:
+    url: str
+    alt: str | None = None
+    caption: str | None = None
+    licence: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Page:
+    links: list[str]
+    images: list[ImageCandidate]
+    robots: set[str]  # <meta name="robots"> directives for us, lower case
+    licence: str | None
+
+
+# ---------------------------------------------------------------- srcset (HTML standard)
+
+
+def parse_srcset(value: str) -> list[tuple[str, float, str]]:
+    """(url, size, unit) per candidate, unit 'w' or 'x', following the HTML standard's algorithm.
+
+    URLs may contain commas; a candidate ends at whitespace, and a trailing comma ends a URL
+    without descriptors. Candidates with invalid descriptors are dropped, as browsers do.
+    """
+    out, pos, n = [], 0, len(value)
+    while pos < n:
+        while pos < n and (value[pos].isspace() or value[pos] == ","):
+            pos += 1
+        if pos >= n:
+            break
+        start = pos
+        while pos < n and not value[pos].isspace():
+            pos += 1
+        url = value[start:pos]
+        descriptors: list[str] = []
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:
+            descriptors, pos = _descriptors(value, pos)
+        parsed = _parse_descriptors(descriptors)
+        if url and parsed:
+            out.append((url, *parsed))
+    return out
+
+
+def _descriptors(value: str, pos: int) -> tuple[list[str], int]:
+    """Tokenise descriptors up to the comma that ends the candidate (commas inside parens don't)."""
+    tokens, current, in_parens = [], "", False
+    while pos < len(value):
+        c = value[pos]
+        pos += 1
+        if in_parens:
+            current += c
+            in_parens = c != ")"
+        elif c.isspace():
+            if current:
+                tokens.append(current)
+                current = ""
+        elif c == ",":
+            break
+        else:
+            current += c
+            in_parens = c == "("
+    if current:
+        tokens.append(current)
+    return tokens, pos
+
+
+def _parse_descriptors(tokens: list[str]) -> tuple[float, str] | None:
+    size, unit = 1.0, "x"
+    seen = set()
+    for token in tokens:
+        kind, number = token[-1:].lower(), token[:-1]
+        if kind not in ("w", "x", "h") or kind in seen:
+            return None
+        seen.add(kind)
+        try:
+            value = float(number) if kind == "x" else int(number)
+        except ValueError:
+            return None
+        if value <= 0:
+            return None
+        if kind in ("w", "x"):
+            size, unit = float(value), kind
+    if {"w", "x"} <= seen:
+        return None
+    return size, unit
+
+
+def largest(candidates: list[tuple[str, float, str]]) -> str | None:
+    """The biggest candidate: widths beat densities (a `w` srcset describes the real files)."""
+    if not candidates:
+        return None
+    widths = [c for c in candidates if c[2] == "w"]
+    pool = widths or candidates
+    return max(pool, key=lambda c: c[1])[0]
+
+
+# ---------------------------------------------------------------- the page
+
+
+def extract(
+    html: str | bytes,
+    page_url: str,
+    *,
+    follow: str = "a[href]",
+    follow_pattern: str | None = None,
+    image_scope: str | None = None,
+    agent_token: str = "faces-pipeline",
+    allowed_types: tuple[str, ...] = ("jpeg", "png", "webp", "gif", "bmp"),
+) -> Page:
+    soup = BeautifulSoup(html, "html.parser")
+    base = page_url
+    base_tag = soup.find("base", href=True)
+    if isinstance(base_tag, Tag):
+        base = normalize(str(base_tag["href"]), page_url) or page_url
+    pattern = re.compile(follow_pattern) if follow_pattern else None
+
+    def absolute(value) -> str | None:
+        return normalize(str(value), base) if value else None
+
+    def is_page_link(url: str) -> bool:
+        return bool(pattern and pattern.search(url))
+
+    def full_size(a: Tag | None) -> str | None:
+        """The href of a link to a full-size image, unless it is a page we follow."""
+        url = absolute(a.get("href")) if a is not None else None
+        return url if url and looks_like_image(url) and not is_page_link(url) else None
+
+    licence = page_licence(soup, absolute)
+    per_image_licence = json_ld_image_licences(soup, absolute)
+    found: dict[str, ImageCandidate] = {}
+
+    def add(url: str | None, element: Tag | None, alt: str | None = None) -> None:
+        if not url:
+            return
+        candidate = ImageCandidate(
+            url=url,
+            alt=_text(alt if alt is not None else (element.get("alt") if element is not None else None)),
+            caption=_caption(element),
+            licence=per_image_licence.get(url) or _figure_licence(element, absolute) or licence,
+        )
+        old = found.get(url)
+        found[url] = _merge(old, candidate) if old else candidate
+
+    scopes = soup.select(image_scope) if image_scope else [soup]
+    for scope in scopes:
+        for img in scope.find_all("img"):
+            url = full_size(img.find_parent("a")) or absolute(_img_source(img, allowed_types))
+            add(url, img)
+        for a in scope.find_all("a", href=True):
+            if a.find("img") is None:
+                add(full_size(a), a, alt=a.get("title") or a.get_text(" ", strip=True) or None)
+        for meta in scope.find_all("meta", property=re.compile(r"^og:image(:url|:secure_url)?$")):
+            alt_meta = soup.find("meta", property="og:image:alt")
+            add(absolute(meta.get("content")), None, alt=alt_meta.get("content") if alt_meta else None)
+
+    links = []
+    for a in soup.select(follow):
+        url = absolute(a.get("href"))
+        if url and (is_page_link(url) or (not pattern and not looks_like_image(url))):
+            links.append(url)
+    return Page(
+        links=list(dict.fromkeys(links)),
+        images=list(found.values()),
+        robots=meta_robots(soup, agent_token),
+        licence=licence,
+    )
+
+
+def _img_source(img: Tag, allowed_types: tuple[str, ...]) -> str | None:
+    """The largest source of an <img>, looking at its <picture> sources and lazy-loading attributes."""
+    candidates = []
+    picture = img.find_parent("picture")
+    if picture is not None:
+        for source in picture.find_all("source"):
+            mime = str(source.get("type") or "").lower()
+            if mime and MIME_TYPES.get(mime) not in allowed_types:
+                continue  # e.g. image/avif: a format we do not keep
+            candidates += parse_srcset(str(source.get("srcset") or source.get("data-srcset") or ""))
+    src = str(img.get("src") or "").strip()
+    srcset = str(img.get("srcset") or "")
+    if not src or src.startswith("data:") or PLACEHOLDER.search(src):
+        src = next((str(img[a]) for a in LAZY_SRC if img.get(a)), "")
+        srcset = srcset or next((str(img[a]) for a in LAZY_SRCSET if img.get(a)), "")
+    candidates += [c for c in parse_srcset(srcset) if not c[0].startswith("data:")]
+    if src and not src.startswith("data:"):
+        candidates.append((src, 1.0, "x"))
+    return largest(candidates)
+
+
+def meta_robots(soup: BeautifulSoup, agent_token: str) -> set[str]:
+    names = {"robots", agent_token.lower()}
+    directives = set()
+    for meta in soup.find_all("meta", attrs={"name": True, "content": True}):
+        if str(meta["name"]).strip().lower() in names:
+            directives |= {d.strip().lower() for d in str(meta["content"]).split(",") if d.strip()}
+    return directives
+
+
+def page_licence(soup: BeautifulSoup, absolute) -> str | None:
+    """rel=license links, then JSON-LD `license` of the page, then <meta name="license">."""
+    for tag in soup.find_all(["a", "link"], rel=True, href=True):
+        rels = tag["rel"] if isinstance(tag["rel"], list) else str(tag["rel"]).split()
+        if "license" in [r.lower() for r in rels] and tag.find_parent("figure") is None:
+            return absolute(tag["href"]) or str(tag["href"])
+    for obj in _json_ld(soup):
+        if obj.get("@type") != "ImageObject" and obj.get("license"):
+            return _licence_value(obj["license"], absolute)
+    meta = soup.find("meta", attrs={"name": re.compile(r"^(license|dc\.rights|dcterms\.license)$", re.I)})
+    return _text(meta.get("content")) if meta else None
+
+
+def json_ld_image_licences(soup: BeautifulSoup, absolute) -> dict[str, str]:
+    out = {}
+    for obj in _json_ld(soup):
+        if obj.get("@type") == "ImageObject" and obj.get("license"):
+            for key in ("contentUrl", "url"):
+                url = absolute(obj.get(key)) if isinstance(obj.get(key), str) else None
+                if url:
+                    out[url] = _licence_value(obj["license"], absolute)
+    return out
+
+
+def _json_ld(soup: BeautifulSoup) -> list[dict]:
+    """Every JSON object in the page's JSON-LD blocks, nested ones included; bad JSON is skipped."""
+    objects: list[dict] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            objects.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for script in soup.find_all("script", type="application/ld+json"):
+        try:
+            walk(json.loads(script.string or ""))
+        except (ValueError, TypeError):
+            continue
+    return objects
+
+
+def _licence_value(value, absolute) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("@id") or value.get("url") or value.get("name")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if not isinstance(value, str):
+        return None
+    return absolute(value) if value.startswith(("http", "/")) else _text(value)
+
+
+def _figure_licence(element: Tag | None, absolute) -> str | None:
+    figure = element.find_parent("figure") if element is not None else None
+    if figure is None:
+        return None
+    link = figure.find(["a", "link"], rel="license", href=True)
+    return absolute(link["href"]) if link is not None else None
+
+
+def _caption(element: Tag | None) -> str | None:
+    figure = element.find_parent("figure") if element is not None else None
+    caption = figure.find("figcaption") if figure is not None else None
+    return _text(caption.get_text(" ", strip=True)) if caption is not None else None
+
+
+def _text(value) -> str | None:
+    if not value:
+        return None
+    text = " ".join(str(value).split())
+    return text[:MAX_TEXT] or None
+
+
+def _merge(old: ImageCandidate, new: ImageCandidate) -> ImageCandidate:
+    return ImageCandidate(
+        url=old.url,
+        alt=old.alt or new.alt,
+        caption=old.caption or new.caption,
+        licence=old.licence or new.licence,
+    )

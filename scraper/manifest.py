@@ -1,0 +1,271 @@
+"""raw/manifest.sqlite: the tables of docs/DESIGN.md (files, urls, forgotten) and the crawler's own
+(frontier, pages, robots, crawls).
+
+One connection shared by the crawler's threads behind a lock; every change that belongs together
+(a stored file, its URL row and the frontier entry that led to it) is one transaction, so a crawl
+killed at any moment leaves a consistent manifest and a frontier to resume from.
+"""
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from scraper.robots import RobotsPolicy
+
+URL_COLUMNS = [
+    "url", "page_url", "host", "status", "http_status", "sha256", "bytes", "type", "width", "height",
+    "etag", "last_modified", "fetched_at", "licence", "alt", "opt_out", "error", "caption",
+]  # fmt: skip
+PAGE_COLUMNS = [
+    "url", "host", "status", "http_status", "etag", "last_modified", "fetched_at", "opt_out", "nofollow",
+    "links", "images", "error",
+]  # fmt: skip
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files(
+    sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, type TEXT NOT NULL, bytes INTEGER NOT NULL,
+    width INTEGER, height INTEGER, first_seen TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS urls(
+    url TEXT PRIMARY KEY, page_url TEXT, host TEXT, status TEXT NOT NULL, http_status INTEGER,
+    sha256 TEXT, bytes INTEGER, type TEXT, width INTEGER, height INTEGER, etag TEXT, last_modified TEXT,
+    fetched_at TEXT, licence TEXT, alt TEXT, opt_out TEXT, error TEXT, caption TEXT);
+CREATE INDEX IF NOT EXISTS urls_sha256 ON urls(sha256);
+CREATE TABLE IF NOT EXISTS forgotten(key TEXT PRIMARY KEY, sha256 TEXT, at TEXT);
+CREATE INDEX IF NOT EXISTS forgotten_sha256 ON forgotten(sha256);
+
+CREATE TABLE IF NOT EXISTS frontier(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, url TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    host TEXT NOT NULL, depth INTEGER NOT NULL, page_url TEXT, meta TEXT NOT NULL DEFAULT '{}',
+    hops INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'pending');
+CREATE INDEX IF NOT EXISTS frontier_pending ON frontier(state, host, seq);
+CREATE TABLE IF NOT EXISTS pages(
+    url TEXT PRIMARY KEY, host TEXT, status TEXT NOT NULL, http_status INTEGER, etag TEXT,
+    last_modified TEXT, fetched_at TEXT, opt_out TEXT, nofollow INTEGER, links TEXT, images TEXT, error TEXT);
+CREATE TABLE IF NOT EXISTS robots(
+    origin TEXT PRIMARY KEY, verdict TEXT NOT NULL, body TEXT, reason TEXT, fetched_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS crawls(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, finished_at TEXT, counts TEXT);
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Item:
+    """One frontier entry: a page to visit or an image to fetch."""
+
+    url: str
+    kind: str  # "page" or "image"
+    host: str
+    depth: int = 0
+    page_url: str | None = None
+    meta: dict = field(default_factory=dict)  # image: alt, caption, licence, opt_out
+    hops: int = 0  # redirects already followed to reach this URL
+
+
+class Manifest:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self.db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: safe against a killed process
+        with self.db:
+            self.db.executescript(SCHEMA)
+            columns = {r["name"] for r in self.db.execute("PRAGMA table_info(urls)")}
+            if "caption" not in columns:  # a manifest made by an older version or another tool
+                self.db.execute("ALTER TABLE urls ADD COLUMN caption TEXT")
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def __enter__(self) -> "Manifest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ crawl runs
+
+    def begin(self, fresh: bool) -> tuple[int, bool]:
+        """(run id, resumed): an unfinished last run is resumed unless `fresh`; a new run empties the
+        frontier, so every page is visited again (conditionally)."""
+        with self._lock, self.db:
+            last = self.db.execute("SELECT id, finished_at FROM crawls ORDER BY id DESC LIMIT 1").fetchone()
+            if last is not None and last["finished_at"] is None and not fresh:
+                return last["id"], True
+            if last is not None and last["finished_at"] is None:
+                self.db.execute("UPDATE crawls SET finished_at=? WHERE id=?", ("abandoned", last["id"]))
+            self.db.execute("DELETE FROM frontier")
+            cur = self.db.execute("INSERT INTO crawls(started_at) VALUES (?)", (now_iso(),))
+            return int(cur.lastrowid), False
+
+    def finish(self, run_id: int, counts: dict) -> None:
+        with self._lock, self.db:
+            self.db.execute(
+                "UPDATE crawls SET finished_at=?, counts=? WHERE id=?",
+                (now_iso(), json.dumps(counts), run_id),
+            )
+
+    # ------------------------------------------------------------ frontier
+
+    def enqueue(self, items: Iterable[Item], limits: dict[str, int]) -> tuple[int, int]:
+        """Add new items (known URLs are ignored) while each kind stays within `limits`.
+
+        Returns (added, refused by a limit). An opt-out on an item that is already pending is
+        merged into it, so one opted-out page is enough to spare an image.
+        """
+        with self._lock, self.db:
+            return self._enqueue(items, limits)
+
+    def _enqueue(self, items: Iterable[Item], limits: dict[str, int]) -> tuple[int, int]:
+        counts = dict(self.db.execute("SELECT kind, COUNT(*) FROM frontier GROUP BY kind").fetchall())
+        added = over = 0
+        for item in items:
+            if self.db.execute("SELECT 1 FROM frontier WHERE url=?", (item.url,)).fetchone():
+                if item.meta.get("opt_out"):
+                    self._merge_opt_out(item)
+                continue
+            if counts.get(item.kind, 0) >= limits.get(item.kind, 1 << 62):
+                over += 1
+                continue
+            self.db.execute(
+                "INSERT INTO frontier(url, kind, host, depth, page_url, meta, hops) VALUES (?,?,?,?,?,?,?)",
+                (item.url, item.kind, item.host, item.depth, item.page_url, json.dumps(item.meta), item.hops),
+            )
+            counts[item.kind] = counts.get(item.kind, 0) + 1
+            added += 1
+        return added, over
+
+    def _merge_opt_out(self, item: Item) -> None:
+        row = self.db.execute(
+            "SELECT meta FROM frontier WHERE url=? AND state='pending'", (item.url,)
+        ).fetchone()
+        if row is not None:
+            meta = json.loads(row["meta"]) | {"opt_out": item.meta["opt_out"]}
+            self.db.execute("UPDATE frontier SET meta=? WHERE url=?", (json.dumps(meta), item.url))
+
+    def pending_by_host(self) -> dict[str, int]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT host, COUNT(*) FROM frontier WHERE state='pending' GROUP BY host ORDER BY MIN(seq)"
+            ).fetchall()
+        return {host: n for host, n in rows}
+
+    def next_pending(self, host: str, skip: set[str]) -> Item | None:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT * FROM frontier WHERE state='pending' AND host=? ORDER BY seq LIMIT ?",
+                (host, len(skip) + 1),
+            ).fetchall()
+        for row in rows:
+            if row["url"] not in skip:
+                return _item(row)
+        return None
+
+    def frontier_counts(self) -> tuple[int, int]:
+        """(done, total) of the current crawl's frontier."""
+        with self._lock:
+            row = self.db.execute("SELECT SUM(state='done'), COUNT(*) FROM frontier").fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def mark_done(self, url: str) -> None:
+        with self._lock, self.db:
+            self.db.execute("UPDATE frontier SET state='done' WHERE url=?", (url,))
+
+    # ------------------------------------------------------------ images
+
+    def url_row(self, url: str) -> dict | None:
+        with self._lock:
+            row = self.db.execute("SELECT * FROM urls WHERE url=?", (url,)).fetchone()
+        return dict(row) if row else None
+
+    def has_file(self, sha256: str) -> bool:
+        with self._lock:
+            return self.db.execute("SELECT 1 FROM files WHERE sha256=?", (sha256,)).fetchone() is not None
+
+    def forgotten(self, key: str) -> bool:
+        """True if a URL or a content hash was taken down (a URL's takedown forgets its hash too)."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT 1 FROM forgotten WHERE key=? OR sha256=? LIMIT 1", (key, key)
+            ).fetchone()
+        return row is not None
+
+    def finish_image(self, item_url: str, row: dict | None, file_row: dict | None = None) -> None:
+        """Store an image's outcome: its file row (if new), its URL row, and the frontier entry done."""
+        with self._lock, self.db:
+            if file_row is not None:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO files(sha256, path, type, bytes, width, height, first_seen) "
+                    "VALUES (:sha256, :path, :type, :bytes, :width, :height, :first_seen)",
+                    file_row,
+                )
+            if row is not None:
+                self._upsert("urls", URL_COLUMNS, row)
+            self.db.execute("UPDATE frontier SET state='done' WHERE url=?", (item_url,))
+
+    # ------------------------------------------------------------ pages
+
+    def page_row(self, url: str) -> dict | None:
+        with self._lock:
+            row = self.db.execute("SELECT * FROM pages WHERE url=?", (url,)).fetchone()
+        return dict(row) if row else None
+
+    def finish_page(
+        self, item_url: str, row: dict, found: list[Item], limits: dict[str, int]
+    ) -> tuple[int, int]:
+        """Store a page's outcome and what it links to in one transaction; returns enqueue()'s counts."""
+        with self._lock, self.db:
+            self._upsert("pages", PAGE_COLUMNS, row)
+            added = self._enqueue(found, limits)
+            self.db.execute("UPDATE frontier SET state='done' WHERE url=?", (item_url,))
+            return added
+
+    # ------------------------------------------------------------ robots.txt cache
+
+    def robots(self, origin: str) -> RobotsPolicy | None:
+        with self._lock:
+            row = self.db.execute("SELECT * FROM robots WHERE origin=?", (origin,)).fetchone()
+        if row is None:
+            return None
+        return RobotsPolicy(row["verdict"], row["body"] or "", row["reason"] or "", row["fetched_at"])
+
+    def save_robots(self, origin: str, policy: RobotsPolicy) -> None:
+        with self._lock, self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO robots(origin, verdict, body, reason, fetched_at) VALUES (?,?,?,?,?)",
+                (origin, policy.verdict, policy.body, policy.reason, policy.fetched_at),
+            )
+
+    # ------------------------------------------------------------ helpers
+
+    def _upsert(self, table: str, columns: list[str], row: dict) -> None:
+        names = ", ".join(columns)
+        values = ", ".join(f":{c}" for c in columns)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in columns[1:])
+        self.db.execute(
+            f"INSERT INTO {table}({names}) VALUES ({values}) "
+            f"ON CONFLICT({columns[0]}) DO UPDATE SET {updates}",
+            {c: row.get(c) for c in columns},
+        )
+
+
+def _item(row: sqlite3.Row) -> Item:
+    return Item(
+        url=row["url"],
+        kind=row["kind"],
+        host=row["host"],
+        depth=row["depth"],
+        page_url=row["page_url"],
+        meta=json.loads(row["meta"]),
+        hops=row["hops"],
+    )

@@ -1,0 +1,106 @@
+"""robots.txt (RFC 9309, parsed by Protego) and the noai / noindex opt-outs of pages and images."""
+
+import codecs
+import time
+from dataclasses import dataclass
+
+from protego import Protego
+
+MAX_ROBOTS_BYTES = 500 * 1024  # RFC 9309: parse at least 500 KiB; we read no more
+OPT_OUT_DIRECTIVES = ("noai", "noimageai", "noindex", "none")
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+# X-Robots-Tag directives that carry a value after a colon (so the colon names no user agent).
+_VALUED = ("unavailable_after", "max-snippet", "max-image-preview", "max-video-preview")
+
+
+@dataclass
+class RobotsPolicy:
+    """The verdict for one origin: rules from a robots.txt, allow all (4xx) or disallow all (5xx)."""
+
+    verdict: str  # "rules", "allow_all" or "disallow_all"
+    body: str = ""
+    reason: str = ""
+    fetched_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._parser = Protego.parse(self.body) if self.verdict == "rules" else None
+
+    def allows(self, url: str, agent: str) -> bool:
+        if self.verdict == "rules":
+            return self._parser.can_fetch(url, agent)
+        return self.verdict == "allow_all"
+
+    def delay(self, agent: str) -> float | None:
+        """Seconds between requests from Crawl-delay and Request-rate (the stricter), or None."""
+        if self._parser is None:
+            return None
+        delays = []
+        if (crawl_delay := self._parser.crawl_delay(agent)) is not None:
+            delays.append(float(crawl_delay))
+        rate = self._parser.request_rate(agent)
+        if rate is not None and rate.requests:
+            delays.append(float(rate.seconds) / rate.requests)
+        return max(delays) if delays else None
+
+    def fresh(self, max_age: float) -> bool:
+        # A disallow-all verdict (robots.txt unreachable) is never reused: the next crawl tries again.
+        return self.verdict != "disallow_all" and time.time() - self.fetched_at < max_age
+
+
+def decode_robots(data: bytes, content_type: str | None = None) -> str:
+    """robots.txt bytes to text: BOMs honoured, UTF-8 expected, the declared charset or Latin-1 else."""
+    data = data[:MAX_ROBOTS_BYTES]
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom) :].decode(encoding, errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start >= len(data) - 3:  # a character cut by the size cap
+            return data[: e.start].decode("utf-8")
+    charset = _charset(content_type)
+    if charset:
+        try:
+            return data.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return data.decode("cp1252", errors="replace")
+
+
+def _charset(content_type: str | None) -> str | None:
+    for part in (content_type or "").split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            return value.strip("\"' ")
+    return None
+
+
+def agent_token(user_agent: str) -> str:
+    """The product token robots.txt groups are matched against: `faces-pipeline/0.1 (…)` -> faces-pipeline."""
+    return user_agent.split("/")[0].split()[0].strip()
+
+
+def header_opt_out(values: str | None, token: str) -> str | None:
+    """The first opt-out directive of an X-Robots-Tag header that applies to us, or None.
+
+    `X-Robots-Tag: otherbot: noai` concerns only otherbot; `noai` alone concerns everyone.
+    """
+    scope = None
+    for part in (values or "").split(","):
+        part = part.strip().lower()
+        name, colon, rest = part.partition(":")
+        if colon and name.strip() not in _VALUED and rest.strip():
+            scope, part = name.strip(), rest.strip()
+        if (scope is None or scope in ("*", token.lower())) and part in OPT_OUT_DIRECTIVES:
+            return part
+    return None
+
+
+def directives_opt_out(directives: set[str]) -> str | None:
+    return next((d for d in OPT_OUT_DIRECTIVES if d in directives), None)
