@@ -8,6 +8,7 @@ from common.config import StrictModel
 class TrainConfig(StrictModel):
     """The GAN and how it trains. Table `[train]` in faces.toml. Defaults: the 64×64 DCGAN reference."""
 
+    # What is learned: these (with the dataset) name the run, see models.train.run_name.
     model: Literal["dcgan", "mlp"] = "dcgan"
     image_size: Literal[32, 64, 128] = 64
     channels: Literal[1, 3] = 3
@@ -16,20 +17,44 @@ class TrainConfig(StrictModel):
     ndf: int = Field(64, ge=1, description="Discriminator width.")
     loss: Literal["bce", "hinge", "lsgan"] = "bce"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, description="Global batch: split across processes under torchrun.")
     steps: int = Field(5000, ge=1, description="Optimiser steps of each network.")
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    compile: bool = False
+    flip: bool = Field(True, description="Random horizontal flips of the real images.")
     seed: int = 0
+    warm_start: bool = Field(True, description="Continue from the previous run when the dataset changed.")
+
+    # How it runs: the CUDA speed-ups are used only on a CUDA device.
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA (fp16 + loss scaling if unsupported), fp32 on CPU."
+    )
+    channels_last: bool = Field(True, description="NHWC memory layout on CUDA (faster convolutions).")
+    compile: bool = Field(False, description="torch.compile the networks (CUDA only).")
+    sync_batchnorm: bool = Field(True, description="SyncBatchNorm across processes (CUDA only).")
+
+    # How it is watched and stored.
+    log_every: int = Field(50, ge=1, description="Steps between metrics.jsonl rows.")
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
-    sample_every: int = Field(500, ge=1)
-    warm_start: bool = Field(True, description="Continue from the previous run when the dataset changed.")
+    sample_every: int = Field(500, ge=1, description="Steps between fixed-noise grids.")
+    eval_every: int = Field(1000, ge=1, description="Steps between SWD evaluations (best.pt is the lowest).")
+    eval_samples: int = Field(1024, ge=16, description="Images per SWD evaluation (capped at the dataset).")
+    watch_window: int = Field(10, ge=2, description="Logged rows that D must dominate before a warning.")
+    overpower_d_loss: float = Field(0.05, ge=0, description="D loss below this while G loss climbs: warning.")
+    collapse_diversity: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Fixed-noise samples less diverse than this fraction of real ones: warning.",
+    )
+    early_stop: bool = Field(False, description="Stop (keeping the checkpoints) on a collapse warning.")
+    tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
+    progress_bar: bool = True
 
 
 class ExportConfig(StrictModel):

@@ -1,0 +1,231 @@
+"""Training: learns, reproduces, skips finished work, warm-starts, stops cleanly, watches itself.
+
+Tiny networks on 32x32 images on the CPU: each run is a few seconds of real training.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.files import atomic_symlink
+from common.layout import DataRoot
+from common.report import BadInputError
+from models.checkpoint import CHECKPOINT_KEYS, list_checkpoints
+from models.config import TrainConfig
+from models.dcgan import build_generator
+from models.train import Trainer, TrainingDivergedError, latest_dataset, run_name, train
+
+TINY = dict(
+    image_size=32,
+    ngf=4,
+    ndf=4,
+    nz=8,
+    batch_size=8,
+    log_every=2,
+    checkpoint_every=4,
+    sample_every=4,
+    eval_every=4,
+    eval_samples=16,
+    progress_bar=False,
+    tensorboard=False,
+)
+
+
+def tiny(**overrides) -> TrainConfig:
+    return TrainConfig(**(TINY | overrides))
+
+
+def make_dataset(root: DataRoot, images: np.ndarray) -> str:
+    """A dataset snapshot as the validate stage leaves it: datasets/<id>/images.npy and datasets/latest."""
+    dataset_id = hashlib.sha256(images.tobytes()).hexdigest()[:16]
+    folder = root.dataset_dir(dataset_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "images.npy", images)
+    atomic_symlink(dataset_id, root.latest_dataset)
+    return dataset_id
+
+
+def blobs(n: int = 24, size: int = 64, seed: int = 0) -> np.ndarray:
+    """Soft coloured discs on a background: images with structure, different for each seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.35)
+        disc = (((yy - cy) ** 2 + (xx - cx) ** 2) < r**2)[..., None]
+        out[i] = np.where(disc, rng.integers(120, 255, 3), rng.integers(0, 100, 3))
+    return out
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path, key: str = "generator") -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)[key]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def root(tmp_path) -> DataRoot:
+    root = DataRoot(tmp_path / "data")
+    make_dataset(root, blobs())
+    return root
+
+
+def test_discriminator_loss_falls_on_separable_data(tmp_path):
+    # Real images are bright, G barely moves (lr_g tiny): D should learn to tell them apart quickly.
+    root = DataRoot(tmp_path)
+    make_dataset(root, np.full((16, 32, 32, 3), 230, dtype=np.uint8))
+    report = train(tiny(steps=24, lr_g=1e-9, lr_d=1e-3, flip=False, checkpoint_every=24), root)
+    losses = [r["loss_d"] for r in rows(Path(report.outputs["run_dir"])) if "loss_d" in r]
+    assert losses[0] > 1.0, losses  # about 2 ln 2 at the start: D cannot tell
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_run_writes_contract_checkpoints_grids_and_metrics(root):
+    report = train(tiny(steps=8), root)
+    run_dir = Path(report.outputs["run_dir"])
+    assert report.counts["steps"] == 8 and report.counts["images_seen"] == 64
+    assert report.counts["images_per_second"] > 0
+    assert (root.runs_dir / "latest").resolve() == run_dir
+    assert [s for s, _ in list_checkpoints(run_dir / "checkpoints")] == [4, 8]
+    assert Path(report.outputs["grid"]) == run_dir / "grids" / "step-8.png"
+    assert Path(report.outputs["best_checkpoint"]).is_file()
+
+    ckpt = torch.load(report.outputs["latest_checkpoint"], weights_only=True)
+    assert set(ckpt) == set(CHECKPOINT_KEYS)
+    assert ckpt["step"] == 8 and ckpt["dataset_id"] == latest_dataset(root)[1]
+    g = build_generator(TrainConfig(**ckpt["config"]))
+    g.load_state_dict(ckpt["generator_ema"])
+    images = g.eval()(torch.randn(4, 8, 1, 1))
+    assert images.shape == (4, 3, 32, 32) and images.abs().max() <= 1
+    assert images.std(0).mean() > 0.01  # the EMA generator in eval mode gives varied images
+
+    logged = rows(run_dir)
+    assert [r["step"] for r in logged] == [2, 4, 6, 8]
+    for key in ("loss_d", "loss_g", "d_x", "d_g_z", "grad_norm_d", "grad_norm_g", "images_per_second"):
+        assert all(np.isfinite(r[key]) for r in logged), key
+    assert "diversity" in logged[1] and "collapsed" in logged[1]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert (
+        info["status"] == "finished" and info["parent"] is None and info["dataset_id"] == ckpt["dataset_id"]
+    )
+
+
+def test_same_seed_same_result_and_another_seed_differs(tmp_path):
+    results = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        root = DataRoot(tmp_path / name)
+        make_dataset(root, blobs())
+        results.append(weights(Path(train(tiny(steps=4, seed=seed), root).outputs["latest_checkpoint"])))
+    a, b, c = results
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_unchanged_dataset_and_config_does_nothing_unless_forced(root):
+    config = tiny(steps=4)
+    first = train(config, root)
+    checkpoint = Path(first.outputs["latest_checkpoint"])
+    mtime = checkpoint.stat().st_mtime_ns
+
+    again = train(config.model_copy(update={"log_every": 1}), root)  # how it is logged is not a new run
+    assert again.skipped and again.outputs["run_dir"] == first.outputs["run_dir"]
+    assert checkpoint.stat().st_mtime_ns == mtime
+
+    longer = train(config.model_copy(update={"steps": 6}), root)  # more steps extend the same run
+    assert not longer.skipped and longer.counts["resumed_from_step"] == 4 and longer.counts["steps"] == 6
+
+    forced = train(config, root, force=True)
+    assert not forced.skipped and forced.counts["resumed_from_step"] == 0 and forced.counts["steps"] == 4
+    assert [r["step"] for r in rows(Path(forced.outputs["run_dir"]))] == [2, 4]
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous(root):
+    config = tiny(steps=8)
+    run_dir = Path(train(config, root).outputs["run_dir"])
+    newest = run_dir / "checkpoints" / "step-8.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    report = train(config.model_copy(update={"steps": 10}), root)
+    assert report.counts["resumed_from_step"] == 4
+    assert report.counts["steps"] == 10
+    assert (run_dir / "checkpoints" / "step-8.pt.corrupt").is_file()  # set aside, not deleted
+    assert [r["step"] for r in rows(run_dir)] == [2, 4, 6, 8, 10]  # rows past step 4 were redone
+
+
+def test_nan_stops_cleanly_after_restoring_the_last_good_checkpoint(root, tmp_path):
+    dataset_dir, dataset_id = latest_dataset(root)
+    trainer = Trainer(tiny(log_every=1), dataset_dir / "images.npy", tmp_path / "run", dataset_id)
+    assert trainer.run(4) == "finished"
+    good = {k: v.clone() for k, v in trainer.g_raw.state_dict().items()}
+    with torch.no_grad():
+        next(trainer.d_raw.parameters()).fill_(
+            float("nan")
+        )  # a corrupted weight, as a bad update would leave
+
+    with pytest.raises(TrainingDivergedError, match=r"NaN or Inf between steps 4 and 5.*step-4\.pt"):
+        trainer.run(8)
+    assert trainer.step == 4
+    assert all(torch.equal(good[k], v) for k, v in trainer.g_raw.state_dict().items())
+    assert all(torch.isfinite(p).all() for p in trainer.d_raw.parameters())
+    assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [4]
+    assert trainer.run(6) == "finished"  # the restored state trains on
+
+
+def test_divergence_through_the_stage_fails_with_a_clear_error(root):
+    config = tiny(steps=6, lr_d=1e30, lr_g=1e30)
+    with pytest.raises(BadInputError, match="diverged.*no checkpoint had been written yet.*Lower lr_d"):
+        train(config, root)
+    info = json.loads((root.run_dir(run_name(config, latest_dataset(root)[1])) / "run.json").read_text())
+    assert info["status"] == "failed" and "diverged" in info["error"]
+    assert not (root.runs_dir / "latest").exists()
+
+
+def test_warm_start_continues_from_the_previous_run_and_records_it(tmp_path):
+    root = DataRoot(tmp_path)
+    make_dataset(root, blobs(seed=0))
+    parent = train(tiny(steps=8), root)
+    parent_g = weights(Path(parent.outputs["latest_checkpoint"]))
+
+    make_dataset(root, blobs(seed=1))  # the nightly scrape brought a new dataset snapshot
+    warm = train(tiny(steps=2), root)
+    cold = train(tiny(steps=2, warm_start=False), root)
+    info = json.loads((Path(warm.outputs["run_dir"]) / "run.json").read_text())
+    assert info["parent"] == Path(parent.outputs["run_dir"]).name and info["parent_step"] == 8
+    assert json.loads((Path(cold.outputs["run_dir"]) / "run.json").read_text())["parent"] is None
+
+    def distance(report) -> float:
+        g = weights(Path(report.outputs["latest_checkpoint"]))
+        return sum(float((g[k] - parent_g[k]).norm()) for k in g if g[k].is_floating_point())
+
+    assert distance(warm) < 0.5 * distance(cold)
+
+
+def test_collapse_warning_stops_early_when_asked(root):
+    # Demanding samples as diverse as real photos flags every grid: the warning fires at the first.
+    report = train(tiny(steps=12, collapse_diversity=0.99, early_stop=True), root)
+    assert report.counts["steps"] == 4 and report.counts["warnings"] >= 1
+    assert any("mode collapse" in n for n in report.notes)
+    run_dir = Path(report.outputs["run_dir"])
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped_early"
+    assert rows(run_dir)[-1]["collapsed"] is True
+    assert train(tiny(steps=12, collapse_diversity=0.99, early_stop=True), root).skipped
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(BadInputError, match="no dataset snapshot.*run the validate stage"):
+        train(tiny(), DataRoot(tmp_path))
