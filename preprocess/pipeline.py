@@ -240,6 +240,15 @@ def process_source(
     return Outcome(source.sha256, "ok" if crops else "no_face", crops)
 
 
+def align_face(
+    config: PreprocessConfig, bgr: np.ndarray, face: Face, detector: FaceDetector
+) -> tuple[np.ndarray, Face]:
+    """The face's aligned BGR crop, and the face with the landmarks the alignment used."""
+    if face.landmarks is not None and config.refine_eyes:
+        face = Face(face.box, refine_landmarks(bgr, face.landmarks, detector), face.score)
+    return crop_square(bgr, face_square(face, config.haar_margin), config.crop_size), face
+
+
 def _write_crop(
     config: PreprocessConfig,
     root: DataRoot,
@@ -249,9 +258,7 @@ def _write_crop(
     face: Face,
     detector: FaceDetector,
 ) -> Crop:
-    if face.landmarks is not None and config.refine_eyes:
-        face = Face(face.box, refine_landmarks(bgr, face.landmarks, detector), face.score)
-    crop = crop_square(bgr, face_square(face, config.haar_margin), config.crop_size)
+    crop, face = align_face(config, bgr, face, detector)
     ok, png = cv2.imencode(".png", crop)  # BGR in memory, RGB in the file
     assert ok, "PNG encoding of a uint8 image cannot fail"
     target = atomic_write_bytes(root.crop_path(sha256, k), png.tobytes())
