@@ -340,16 +340,20 @@ class Crawler:
 
     def _request(self, item: Item, host: Host, **get_options) -> Outcome:
         """GET the item's URL, following same-host redirects here and handing cross-host ones to the
-        frontier (so the other host's robots.txt and delay apply). Every hop is checked again."""
-        url = item.url
+        frontier (so the other host's robots.txt and delay apply). Every hop is checked again; a hop
+        that is refused is recorded against the last URL actually requested."""
+        url, last = item.url, None
         for hop in range(self.config.max_redirects - item.hops + 1):
-            if hop and self.manifest.forgotten(url):
+            via = f"redirected to {url}: " if last else ""
+            if last and self.manifest.forgotten(url):
                 return Outcome("forgotten", url)
-            if hop and (reason := self._refusal(url)):
-                return Outcome("failed", url, reason=f"redirected to {url}: {reason}")
+            if last and (reason := self._refusal(url)):
+                return Outcome("failed", last, reason=via + reason)
             policy = self._policy(host, url)
             if not policy.allows(url, self.token):
-                return Outcome("robots", url, reason=f"disallowed by robots.txt {policy.reason}".strip())
+                return Outcome(
+                    "robots", last or url, reason=f"{via}disallowed by robots.txt {policy.reason}".strip()
+                )
             headers = {} if self.force else self._conditional_headers(url, item.kind)
             try:
                 fetched = self._get(host, url, headers=headers, **get_options)
@@ -362,13 +366,15 @@ class Crawler:
             if target is None:
                 return Outcome("failed", url, reason=f"redirect to a non-http(s) URL {location[:200]!r}")
             if host_key(target) != host.key:
-                return self._redirect_elsewhere(item, target, item.hops + hop + 1)
-            url = target
-        return Outcome("failed", url, reason=f"more than {self.config.max_redirects} redirects")
+                return self._redirect_elsewhere(item, url, target, item.hops + hop + 1)
+            last, url = url, target
+        return Outcome("failed", last or url, reason=f"more than {self.config.max_redirects} redirects")
 
-    def _redirect_elsewhere(self, item: Item, target: str, hops: int) -> Outcome:
+    def _redirect_elsewhere(self, item: Item, source: str, target: str, hops: int) -> Outcome:
+        if hops > self.config.max_redirects:
+            return Outcome("failed", source, reason=f"more than {self.config.max_redirects} redirects")
         if reason := self._refusal(target):
-            return Outcome("failed", target, reason=f"redirected to {target}: {reason}")
+            return Outcome("failed", source, reason=f"redirected to {target}: {reason}")
         moved = Item(target, item.kind, host_key(target), item.depth, item.page_url, item.meta, hops)
         added, _ = self.manifest.enqueue([moved], {})
         with self._lock:

@@ -159,7 +159,8 @@ def extract(
         url = absolute(a.get("href")) if a is not None else None
         return url if url and looks_like_image(url) and not is_page_link(url) else None
 
-    licence = page_licence(soup, absolute)
+    scopes = soup.select(image_scope) if image_scope else [soup]
+    licence = page_licence(soup, scopes, absolute)
     per_image_licence = json_ld_image_licences(soup, absolute)
     found: dict[str, ImageCandidate] = {}
 
@@ -175,7 +176,6 @@ def extract(
         old = found.get(url)
         found[url] = _merge(old, candidate) if old else candidate
 
-    scopes = soup.select(image_scope) if image_scope else [soup]
     for scope in scopes:
         for img in scope.find_all("img"):
             url = full_size(img.find_parent("a")) or absolute(_img_source(img, allowed_types))
@@ -230,12 +230,14 @@ def meta_robots(soup: BeautifulSoup, agent_token: str) -> set[str]:
     return directives
 
 
-def page_licence(soup: BeautifulSoup, absolute) -> str | None:
-    """rel=license links, then JSON-LD `license` of the page, then <meta name="license">."""
-    for tag in soup.find_all(["a", "link"], rel=True, href=True):
-        rels = tag["rel"] if isinstance(tag["rel"], list) else str(tag["rel"]).split()
-        if "license" in [r.lower() for r in rels] and tag.find_parent("figure") is None:
-            return absolute(tag["href"]) or str(tag["href"])
+def page_licence(soup: BeautifulSoup, scopes: list, absolute) -> str | None:
+    """rel=license links (within the image scope: a site's own text licence is often one), then
+    JSON-LD `license` of the page, then <meta name="license">."""
+    for scope in scopes:
+        for tag in scope.find_all(["a", "link"], rel=True, href=True):
+            rels = tag["rel"] if isinstance(tag["rel"], list) else str(tag["rel"]).split()
+            if "license" in [r.lower() for r in rels] and tag.find_parent("figure") is None:
+                return absolute(tag["href"]) or str(tag["href"])
     for obj in _json_ld(soup):
         if obj.get("@type") != "ImageObject" and obj.get("license"):
             return _licence_value(obj["license"], absolute)
