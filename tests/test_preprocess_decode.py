@@ -1,0 +1,146 @@
+"""load_image on every kind of file a crawl brings home: odd modes become upright BGR, bad files a reason."""
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from preprocess.config import PreprocessConfig
+from preprocess.decode import ImageDecodeError, load_image
+from preprocess.detect import FaceDetector
+
+PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "webmorph-neutral" / "001_03.jpg"
+
+
+@pytest.fixture(scope="module")
+def portrait() -> Image.Image:
+    """A real photo cut to portrait shape (512 x 400), so a wrong rotation changes its shape."""
+    with Image.open(PHOTO) as im:
+        return im.convert("RGB").crop((56, 0, 456, 512))
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector(PreprocessConfig())
+
+
+def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def bgr_of(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"))[:, :, ::-1]
+
+
+def test_exif_orientation_is_applied(portrait, detector):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": the pixels are stored turned left
+    stored = portrait.transpose(Image.Transpose.ROTATE_90)
+    bgr = load_image(encode(stored, "JPEG", quality=95, exif=exif.tobytes()))
+    assert bgr.shape == (512, 400, 3) and bgr.dtype == np.uint8
+    assert np.abs(bgr.astype(int) - bgr_of(portrait)).mean() < 4
+    assert len(detector.detect(bgr)) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("L", "JPEG"), ("CMYK", "JPEG"), ("P", "PNG"), ("LA", "PNG"), ("RGB", "WEBP"), ("RGB", "BMP")],
+)
+def test_other_modes_and_formats_become_bgr_with_the_face_intact(portrait, detector, mode, fmt):
+    im = portrait.convert(mode) if mode != "P" else portrait.quantize(256)
+    bgr = load_image(encode(im, fmt))
+    assert bgr.shape == (512, 400, 3) and bgr.dtype == np.uint8
+    reference = bgr_of(im)
+    assert np.abs(bgr.astype(int) - reference).mean() < 8, "colours changed in conversion"
+    assert len(detector.detect(bgr)) == 1
+
+
+def test_alpha_is_composited_over_white(portrait):
+    rgba = portrait.convert("RGBA")
+    alpha = np.full((512, 400), 255, np.uint8)
+    alpha[:, :100] = 0  # the left quarter is transparent
+    rgba.putalpha(Image.fromarray(alpha))
+    bgr = load_image(encode(rgba, "PNG"))
+    assert (bgr[:, :100] == 255).all()
+    assert np.array_equal(bgr[:, 100:], bgr_of(portrait)[:, 100:])
+
+
+def test_16_bit_images_are_scaled_to_8_bit(portrait):
+    grey8 = np.asarray(portrait.convert("L"))
+    ok, png16 = cv2.imencode(".png", grey8.astype(np.uint16) * 257)  # 16-bit greyscale, full range
+    bgr = load_image(png16.tobytes())
+    assert np.abs(bgr[:, :, 0].astype(int) - grey8).max() <= 1
+    colour8 = bgr_of(portrait)
+    ok, png48 = cv2.imencode(".png", colour8.astype(np.uint16) * 257)  # 16 bits per channel
+    assert np.abs(load_image(png48.tobytes()).astype(int) - colour8).max() <= 1
+
+
+def test_animated_gif_gives_its_first_frame():
+    red, blue = Image.new("RGB", (64, 48), (255, 0, 0)), Image.new("RGB", (64, 48), (0, 0, 255))
+    data = encode(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    bgr = load_image(data)
+    assert bgr.shape == (48, 64, 3)
+    assert tuple(bgr[10, 10]) == (0, 0, 255)  # red, in BGR
+
+
+def test_a_path_works_like_bytes(tmp_path, portrait):
+    path = tmp_path / "p.jpg"
+    path.write_bytes(encode(portrait, "JPEG"))
+    assert np.array_equal(load_image(path), load_image(path.read_bytes()))
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A valid PNG header (with correct CRC) for a huge image, followed by a tiny data chunk."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is not an image at all, just text", "not an image"),
+        (png_claiming_size(100_000, 100_000), "decompression bomb"),
+    ],
+)
+def test_bad_files_raise_a_reason(data, reason):
+    with pytest.raises(ImageDecodeError) as e:
+        load_image(data)
+    assert reason in e.value.reason
+
+
+def test_truncated_and_corrupt_jpegs_raise_a_reason(portrait):
+    jpeg = encode(portrait, "JPEG", quality=90)
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        load_image(jpeg[: len(jpeg) // 2])
+    with pytest.raises(ImageDecodeError, match="corrupt|not an image"):
+        load_image(jpeg[:200] + bytes(range(256)) * 20)
+
+
+def test_pixel_limit_is_configurable(portrait):
+    data = encode(portrait, "PNG")
+    with pytest.raises(ImageDecodeError, match="decompression bomb: 400x512"):
+        load_image(data, max_pixels=200_000)
+    assert load_image(data, max_pixels=204_800).shape == (512, 400, 3)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(ImageDecodeError, match="missing file"):
+        load_image(tmp_path / "gone.jpg")
