@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from common.report import BadInputError
-from models.metrics import sliced_wasserstein, split_halves, swd_noise_floor
+from models.metrics import (
+    fid_kid,
+    memorisation,
+    ms_ssim,
+    ms_ssim_diversity,
+    ms_ssim_scales,
+    sliced_wasserstein,
+    split_halves,
+    swd_noise_floor,
+)
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "photos"
 
@@ -68,6 +77,7 @@ def test_swd_orders_same_set_colour_cast_and_noise_against_the_noise_floor(halve
 def test_swd_ignores_a_uniform_colour_shift_as_progan_does(halves):
     """Each descriptor set is normalised per channel on its own, so a shift of the whole set vanishes."""
     a, b = halves
+    a, b = a[:50], b[:50]
     shifted = np.clip(b.astype(int) + [40, -20, -20], 0, 255).astype(np.uint8)
     assert sliced_wasserstein(a, shifted, seed=1)["mean"] == pytest.approx(
         sliced_wasserstein(a, b, seed=1)["mean"], rel=0.15
@@ -87,3 +97,53 @@ def test_swd_rejects_images_that_are_not_uint8_nhwc():
         sliced_wasserstein(floats, floats)
     with pytest.raises(BadInputError, match="generated"):
         sliced_wasserstein(face_crops(32)[:8], face_crops(64)[:8])
+
+
+def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
+    crops = face_crops()[:6]
+    rng = np.random.default_rng(0)
+    noisy = np.clip(crops.astype(int) + rng.normal(0, 25, crops.shape), 0, 255).astype(np.uint8)
+    assert ms_ssim(crops, crops) == pytest.approx(np.ones(6), abs=1e-5)
+    scores = ms_ssim(crops, noisy)
+    assert np.all(scores < 0.95) and np.all(scores > 0.3)
+    assert ms_ssim(crops, crops[::-1].copy())[0] < scores[0]  # another face is further than a noisy copy
+
+
+def test_ms_ssim_keeps_as_many_standard_scales_as_the_image_allows():
+    assert [ms_ssim_scales(s) for s in (32, 64, 128, 256)] == [2, 3, 4, 5]
+    with pytest.raises(BadInputError, match="at least 11 px"):
+        ms_ssim_scales(8)
+
+
+def test_diversity_is_one_for_a_collapsed_set_lower_for_real_faces_lowest_for_noise():
+    crops = face_crops()
+    collapsed = ms_ssim_diversity(np.repeat(crops[:1], 32, axis=0))
+    faces = ms_ssim_diversity(crops[::6])  # 34 different portraits
+    noise = ms_ssim_diversity(np.random.default_rng(0).integers(0, 256, (32, 64, 64, 3), dtype=np.uint8))
+    assert collapsed["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert noise["mean"] < faces["mean"] < 0.9
+    assert faces["pairs"] == 34 * 33 // 2 and faces["scales"] == 3
+    assert ms_ssim_diversity(crops, max_pairs=100)["pairs"] == 100
+
+
+def test_memorisation_finds_copied_training_crops_and_gives_the_real_baseline():
+    crops = face_crops()
+    copied = np.clip(crops[[5, 50, 150]].astype(int) + 2, 0, 255).astype(np.uint8)  # near-copies
+    result = memorisation(copied, crops)
+    assert result["nearest_index"] == [5, 50, 150]
+    assert max(result["nearest_rms"]) < 3
+    assert result["real_to_real_rms"] > 10 * max(result["nearest_rms"])
+    # Unseen faces: as far from the training crops as real crops are from each other.
+    unseen = memorisation(crops[:16], crops[16:])
+    assert unseen["median_rms"] > 0.5 * unseen["real_to_real_rms"]
+
+
+def test_fid_needs_an_existing_weights_file_and_says_which(tmp_path):
+    crops = face_crops(32)[:4]
+    with pytest.raises(BadInputError, match="no such file"):
+        fid_kid(crops, crops, tmp_path / "missing.pth")
+    garbage = tmp_path / "inception.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    # Without torchmetrics: says to install it; with it: says the file is not Inception weights.
+    with pytest.raises(BadInputError, match="torchmetrics|torch-fidelity|could not load"):
+        fid_kid(crops, crops, garbage)
