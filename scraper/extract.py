@@ -190,7 +190,7 @@ def extract(
     links = []
     for a in soup.select(follow):
         url = absolute(a.get("href"))
-        if url and (is_page_link(url) or (not pattern and not looks_like_image(url))):
+        if url and url != page_url and (is_page_link(url) or (not pattern and not looks_like_image(url))):
             links.append(url)
     return Page(
         links=list(dict.fromkeys(links)),

@@ -55,6 +55,7 @@ class RobotsPolicy:
 
 def decode_robots(data: bytes, content_type: str | None = None) -> str:
     """robots.txt bytes to text: BOMs honoured, UTF-8 expected, the declared charset or Latin-1 else."""
+    truncated = len(data) > MAX_ROBOTS_BYTES
     data = data[:MAX_ROBOTS_BYTES]
     for bom, encoding in _BOMS:
         if data.startswith(bom):
@@ -62,7 +63,7 @@ def decode_robots(data: bytes, content_type: str | None = None) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        if e.start >= len(data) - 3:  # a character cut by the size cap
+        if truncated and e.start >= len(data) - 3:  # a character cut by the size cap
             return data[: e.start].decode("utf-8")
     charset = _charset(content_type)
     if charset:

@@ -129,6 +129,7 @@ class Website:
 def _handler(host: Host) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+        disable_nagle_algorithm = True  # headers and body in separate writes must not wait for an ACK
 
         def log_message(self, *args) -> None:  # quiet
             pass
