@@ -49,7 +49,7 @@ class ValidateConfig(StrictModel):
     min_images: int = Field(16, ge=1, description="Fewer accepted crops than this stops the pipeline.")
     image_size: Literal[32, 64, 128] = Field(64, description="Every crop must be this size, RGB, uint8.")
     near_duplicate_distance: int = Field(
-        3, ge=0, le=16, description="Perceptual-hash Hamming distance (of 64 bits) of a near-duplicate."
+        2, ge=0, le=16, description="Perceptual-hash Hamming distance (of 64 bits) of a near-duplicate."
     )
     min_sharpness: float = Field(50.0, ge=0, description="Variance of the Laplacian below this is blurry.")
     min_brightness: float = Field(25.0, ge=0, le=255, description="Mean grey level below this is too dark.")

@@ -248,3 +248,23 @@ def test_perceptual_hash_tells_recompressed_copies_from_other_faces():
         for c, h in zip(crops, hashes, strict=True)
     )
     assert copies <= ValidateConfig().near_duplicate_distance < others
+
+
+def test_crops_made_by_preprocess_pass_and_its_copies_of_one_photo_are_caught(tmp_path):
+    from preprocess.config import PreprocessConfig
+    from preprocess.pipeline import preprocess
+
+    r = Root(tmp_path / "data")
+    for row in ROWS[:9]:
+        r.add_source((NEUTRAL / row["file"]).read_bytes(), "jpg")
+    original = (NEUTRAL / ROWS[0]["file"]).read_bytes()
+    same_pixels = r.add_source(original + b"\0", "jpg")  # the same JPEG with a trailing byte
+    photo = cv2.imread(str(NEUTRAL / ROWS[0]["file"]))
+    reencoded = r.add_source(cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes(), "jpg")
+    preprocess(PreprocessConfig(workers=1), r.root)
+
+    report = validate(CONFIG, r.root)
+
+    assert report.counts["accepted"] == 9 and report.counts["no_face"] == 0
+    quarantine = {q["crop_id"][:64]: q["reasons"] for q in list_quarantine(r.root)}
+    assert quarantine == {same_pixels: "duplicate", reencoded: "near_duplicate"}
