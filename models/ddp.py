@@ -10,6 +10,7 @@ SyncBatchNorm for GPUs only, so on the CPU (gloo: tests and small experiments) e
 own shard's statistics and DDP copies rank 0's running averages to the others at every forward.
 """
 
+import inspect
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -72,10 +73,13 @@ def wrap(
         module = torch.compile(module)
     if not dist.enabled:
         return module
-    # Synchronised statistics are equal everywhere already: no need to broadcast the buffers too.
-    return DistributedDataParallel(
-        module, device_ids=[device.index] if cuda else None, broadcast_buffers=not sync
-    )
+    ids = [device.index] if cuda else None
+    if not sync:  # DDP's default: rank 0's buffers (batch-norm running averages) are copied at each forward
+        return DistributedDataParallel(module, device_ids=ids)
+    # Synchronised statistics are equal everywhere already: no need to copy the buffers too.
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch >= 2.14
+    no_copy = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+    return DistributedDataParallel(module, device_ids=ids, **no_copy)
 
 
 def no_sync(module: nn.Module) -> Any:

@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from common.files import (
@@ -730,6 +729,8 @@ class Trainer:
     def _sample_grid(self) -> dict[str, Any]:
         if not self.dist.is_main:
             return {}
+        from torchvision.utils import make_grid, save_image  # here: importing torchvision takes seconds
+
         fake = self.sample(self.fixed_noise)
         grid = make_grid(fake, nrow=8, normalize=True, value_range=(-1, 1))
         path = self.run_dir / "grids" / f"step-{self.step}.png"

@@ -1,0 +1,79 @@
+"""A training process killed with SIGKILL resumes from its last checkpoint, as if never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common.layout import DataRoot
+from models.train import latest_dataset, run_name, train
+from tests.test_train import TINY, blobs, make_dataset, one_thread, rows, tiny, weights  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_toml(path: Path, table: dict) -> Path:
+    lines = ["[train]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.005)
+
+
+def test_sigkill_mid_training_then_resume_continues_the_step_count(tmp_path):
+    root = DataRoot(tmp_path / "killed")
+    make_dataset(root, blobs())
+    settings = TINY | {"sample_every": 1000, "eval_every": 1000}
+    run_dir = root.run_dir(run_name(tiny(**settings), latest_dataset(root)[1]))
+
+    # A run meant to go on for a long time, from the command line, killed right after step 8's checkpoint.
+    config_file = write_toml(tmp_path / "faces.toml", settings | {"steps": 100_000})
+    with open(tmp_path / "train.log", "w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "models.train",
+                "--config",
+                str(config_file),
+                "--data-dir",
+                str(root.root),
+            ],
+            cwd=REPO,
+            env=os.environ | {"OMP_NUM_THREADS": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(run_dir / "checkpoints" / "step-8.pt", proc)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # died mid-run
+
+    steps = 40
+    resumed = train(tiny(**settings, steps=steps), root)
+    assert 8 <= resumed.counts["resumed_from_step"] < steps
+    assert resumed.counts["steps"] == steps and resumed.counts["images_seen"] == steps * TINY["batch_size"]
+    assert [r["step"] for r in rows(run_dir)] == list(range(2, steps + 1, 2))  # no gap, no repeat
+
+    # Exactly the networks an uninterrupted run ends with: data order, noise and optimiser state resumed.
+    whole = DataRoot(tmp_path / "whole")
+    make_dataset(whole, blobs())
+    uninterrupted = train(tiny(**settings, steps=steps), whole)
+    for key in ("generator", "discriminator", "generator_ema"):
+        a = weights(Path(resumed.outputs["latest_checkpoint"]), key)
+        b = weights(Path(uninterrupted.outputs["latest_checkpoint"]), key)
+        assert all(torch.equal(a[k], b[k]) for k in a), key
