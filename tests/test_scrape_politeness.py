@@ -209,3 +209,17 @@ def test_opt_outs_in_headers_and_meta_tags_are_honoured_and_recorded(tmp_path):
         assert urls[a.url("/tagged.jpg")]["sha256"] is None
         assert len(manifest_rows(root, "files", "sha256")) == 3
         assert report.counts["opted_out"] == 4
+
+
+def test_more_connections_per_host_only_when_configured(tmp_path):
+    with Website(1) as web:
+        (a,) = web.hosts
+        a.page("/", "".join(f'<img src="/{i}.jpg">' for i in range(6)))
+        for i in range(6):
+            a.image(f"/{i}.jpg", jpeg(64, 64, i), delay=0.15)  # a slow server: requests would pile up
+
+        crawl(scrape_config(web, [a.url("/")], connections_per_host=2), DataRoot(tmp_path))
+
+    images = [s for s in a.requests() if s.path.endswith(".jpg")]
+    in_flight = [sum(o.start <= s.start < o.end for o in images) for s in images]
+    assert max(in_flight) == 2 and len({s.client_port for s in images}) == 2
