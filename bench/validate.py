@@ -1,7 +1,7 @@
 """Validation at scale: near-duplicate search on 100k crops, and a whole validate() run on disk.
 
-    python bench/validate.py                  # 100k-crop search, 20k-crop validate run
-    python bench/validate.py --n 30000 --full 0
+    python -m bench.validate                  # 100k-crop search, 20k-crop validate run
+    python -m bench.validate --n 30000 --full 0
 
 Crops are made from the 204 shared photos (../shared/data/photos) with the small changes copies pick
 up on the web: a shifted or rescaled crop, brightness, a mirror image, JPEG re-encoding. So many are
@@ -159,7 +159,7 @@ def bench_full(n: int, workers: int) -> None:
         print(
             f"validate again, forced, measurements cached: {time.perf_counter() - t:.1f} s ({again.notes[0]})"
         )
-        print(f"peak RSS of this process {peak_rss_mb():.0f} MB (images.npy is written through a memory map)")
+        print(f"peak RSS of this process {peak_rss_mb():.0f} MB (images.npy is written crop by crop)")
 
 
 def main() -> None:

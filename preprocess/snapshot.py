@@ -114,16 +114,16 @@ def build(
 
 
 def write_images(path: Path, accepted: list[Accepted], size: int) -> None:
-    """(N, S, S, 3) uint8 RGB, filled one crop at a time so memory stays bounded for any N."""
-    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(accepted), size, size, 3))
-    for i, a in enumerate(accepted):
-        bgr = cv2.imread(str(a.path), cv2.IMREAD_UNCHANGED)
-        if bgr is None or hashlib.sha256(bgr.tobytes()).hexdigest() != a.pixels_sha256:
-            raise RuntimeError(f"{a.path} changed while validating; run validate again")
-        images[i] = bgr[:, :, ::-1]
-    images.flush()
-    del images
-    with open(path, "rb+") as f:
+    """(N, S, S, 3) uint8 RGB in .npy format, appended one crop at a time: memory stays flat for any N."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": (len(accepted), size, size, 3)}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for a in accepted:
+            bgr = cv2.imread(str(a.path), cv2.IMREAD_UNCHANGED)
+            if bgr is None or hashlib.sha256(bgr.tobytes()).hexdigest() != a.pixels_sha256:
+                raise RuntimeError(f"{a.path} changed while validating; run validate again")
+            f.write(np.ascontiguousarray(bgr[:, :, ::-1]).tobytes())
+        f.flush()
         os.fsync(f.fileno())
 
 
