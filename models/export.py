@@ -231,13 +231,13 @@ def interpolation_frames(
     )
     strip_images = plots.image_grid(inference.generate(generator, strip, device), columns=steps)
     keys = inference.latents(GIF_KEYFRAMES * GIF_IMAGES, nz, seed + 3).view(GIF_KEYFRAMES, GIF_IMAGES, nz)
-    frames = []
-    for k in range(GIF_KEYFRAMES):
-        a, b = keys[k], keys[(k + 1) % GIF_KEYFRAMES]
-        for t in np.linspace(0, 1, steps, endpoint=False):
-            frames.append(
-                plots.image_grid(inference.generate(generator, inference.slerp(a, b, t), device), GIF_IMAGES)
-            )
+    path = [
+        inference.slerp(keys[k], keys[(k + 1) % GIF_KEYFRAMES], t)
+        for k in range(GIF_KEYFRAMES)
+        for t in np.linspace(0, 1, steps, endpoint=False)
+    ]
+    images = inference.generate(generator, torch.cat(path), device)  # one batched pass for every frame
+    frames = [plots.image_grid(chunk, GIF_IMAGES) for chunk in np.split(images, len(path))]
     return strip_images, frames
 
 
@@ -493,6 +493,8 @@ def export(
         if on_progress is not None:
             on_progress(min(done, total), total, message)
 
+    if config.inception_weights:
+        metrics.check_fid_setup(config.inception_weights)
     notes: list[str] = []
     ckpt, ckpt_path = load_run_checkpoint(run_dir, notes)
     tmp = final.parent / f"{_TMP}{final.name}-{os.getpid()}"

@@ -11,6 +11,7 @@ FID/KID, which need Inception weights, live in `fid_kid` and are optional.
 """
 
 import math
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +117,10 @@ def _swd_one_level(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator) -
     for _ in range(SWD_DIR_REPEATS):
         dirs = rng.standard_normal((a.shape[1], SWD_DIRS_PER_REPEAT)).astype(np.float32)
         dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
-        # numpy's sort is several times faster than torch's on CPU for this shape.
-        proj_a = np.sort(a_np @ dirs, axis=0)
-        proj_b = np.sort(b_np @ dirs, axis=0)
+        # (directions, descriptors), sorted along the contiguous axis: numpy's vectorised sort is
+        # ~3x faster there than down columns, and ~15x faster than torch.sort on CPU.
+        proj_a = np.sort(dirs.T @ a_np.T, axis=1)
+        proj_b = np.sort(dirs.T @ b_np.T, axis=1)
         results.append(float(np.abs(proj_a - proj_b).mean()))
     return float(np.mean(results))
 
@@ -204,6 +206,7 @@ def _gaussian_window() -> torch.Tensor:
     return g / g.sum()
 
 
+@cache
 def _band(size: int) -> torch.Tensor:
     """The 'valid' 1-D Gaussian filter as a (size - 10, size) matrix, so blurring is two matmuls."""
     g = _gaussian_window()
@@ -331,7 +334,11 @@ def memorisation(samples: np.ndarray, training: np.ndarray, seed: int = 0) -> di
     are to one another (`real_to_real_rms`, the median over as many random real crops).
     """
     _check_images(samples, "generated images")
-    _check_images(training, "training images")
+    _check_images(np.asarray(training[:1]), "training images")  # may be a memmap or a lazy view
+    if training[:1].shape[1:] != samples.shape[1:]:
+        raise BadInputError(
+            f"training images are {training[:1].shape[1:]} but generated ones {samples.shape[1:]}"
+        )
     index, distance = nearest_neighbours(samples, training)
     result = {
         "nearest_index": index.tolist(),
@@ -348,6 +355,11 @@ def memorisation(samples: np.ndarray, training: np.ndarray, seed: int = 0) -> di
 
 
 # --- Optional: FID and KID from a local Inception file -----------------------------------------------
+
+
+def check_fid_setup(weights: str | Path) -> None:
+    """Fail fast, before any work, when FID/KID are asked for but cannot be computed."""
+    _inception_metrics(Path(weights).expanduser())
 
 
 def _inception_metrics(weights: Path):

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,11 @@ from models import inference
 from models.checkpoint import save_checkpoint
 from models.config import ExportConfig, TrainConfig
 from models.dcgan import build_discriminator, build_generator
-from models.export import export, input_fingerprint
+from models.export import export, input_fingerprint, load_run_checkpoint
 from tests.test_metrics import face_crops
+
+# The tests load TorchScript directly, which torch marks deprecated on every call.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning:torch.jit")
 
 DATASET_ID = "d0tiny"
 RUN = "tiny-run"
@@ -264,25 +268,36 @@ def test_unchanged_export_is_skipped_and_a_new_config_redone(exported):
     assert again.tables["metrics"]  # the skipped report still shows the metrics
 
 
-def test_failed_export_keeps_the_old_folder_whole(tmp_path):
+def test_failed_export_keeps_the_old_folder_whole(exported, tmp_path):
+    shutil.copytree(exported[0].root, tmp_path, symlinks=True, dirs_exist_ok=True)
     root = DataRoot(tmp_path)
-    make_dataset(root)
-    make_run(root, steps=(100, 200, 300))
-    export(small_export(), root)
     out = root.export_dir(RUN)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    # FID with a missing Inception file fails late, after the pictures and generator files are written.
-    with pytest.raises(BadInputError, match="inception_weights"):
-        export(small_export(seed=5, inception_weights=str(tmp_path / "missing.pth")), root)
+    # The dataset vanishes: export fails halfway, after the generator files and pictures are written.
+    shutil.rmtree(root.datasets_dir)
+    with pytest.raises(BadInputError, match="faces validate"):
+        export(small_export(seed=5), root)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert sorted(p.name for p in root.exports_dir.iterdir()) == [RUN]
 
-    # A damaged best.pt: the newest step checkpoint is exported instead, and the report says so.
-    (root.run_dir(RUN) / "checkpoints" / "best.pt").write_bytes(b"cut short")
-    report = export(small_export(), root, run=RUN, force=True)
-    assert json.loads((out / "export.json").read_text())["checkpoint"].endswith("step-300.pt")
-    assert any("damaged" in note for note in report.notes)
+
+def test_fid_without_its_weights_file_fails_before_any_work(exported, tmp_path):
+    root, out, _ = exported
+    before = (out / "export.json").read_text()
+    with pytest.raises(BadInputError, match="inception_weights = .*missing.pth: no such file"):
+        export(small_export(inception_weights=str(tmp_path / "missing.pth")), root)
+    assert (out / "export.json").read_text() == before
+
+
+def test_a_damaged_best_checkpoint_falls_back_to_the_newest_step(tmp_path):
+    root = DataRoot(tmp_path)
+    run_dir = make_run(root, steps=(100, 200))
+    (run_dir / "checkpoints" / "best.pt").write_bytes(b"cut short by a full disk")
+    notes: list[str] = []
+    ckpt, path = load_run_checkpoint(run_dir, notes)
+    assert path.name == "step-200.pt" and ckpt["step"] == 200
+    assert "damaged" in notes[0] and "best.pt" in notes[0]
 
 
 def test_export_names_the_missing_run_or_checkpoint(tmp_path):
