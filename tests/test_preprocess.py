@@ -216,6 +216,15 @@ def test_every_face_gets_a_crop_and_fewer_faces_remove_the_extra_crops(tmp_path)
     assert rows(root, "SELECT crop_id FROM crops") == [(f"{sha}-0",)]
 
 
+def test_photos_taken_down_are_not_processed(few):
+    root, shas = few
+    with closing(sqlite3.connect(root.raw_manifest)) as db, db:
+        db.execute("CREATE TABLE forgotten (key TEXT PRIMARY KEY, sha256 TEXT, at TEXT)")
+        db.execute("INSERT INTO forgotten VALUES (?, ?, ?)", ("https://example.test/a.jpg", shas[0], "now"))
+    assert preprocess(PreprocessConfig(workers=1), root).counts["processed"] == 2
+    assert shas[0] not in {sha for (sha,) in rows(root, "SELECT sha256 FROM crops")}
+
+
 def test_haar_crops_are_boxes_without_landmarks(few):
     root, _ = few
     report = preprocess(PreprocessConfig(workers=1, detector="haar"), root)
