@@ -73,7 +73,8 @@ def forget(key: str, root: DataRoot | str | Path, validate_config: ValidateConfi
         outputs = {k: v for k, v in report.outputs.items() if k in ("dataset", "report", "card")}
         notes += report.notes
     except BadInputError as e:
-        root.latest_dataset.unlink(missing_ok=True)  # never point at a dataset that holds the image
+        if root.latest_dataset.is_symlink() and not root.latest_dataset.exists():
+            root.latest_dataset.unlink()  # it pointed at a deleted snapshot
         notes.append(f"no new snapshot could be built from what is left: {e}")
     return StageReport(
         stage="forget",

@@ -155,8 +155,13 @@ def run_batches(batches: list[list[tuple[str, str]]], config: ValidateConfig):
             yield measure_batch(batch, *args)
         return
     # spawn, not fork: the caller (a Prefect worker) has threads, and forking those is unsafe
-    with ProcessPoolExecutor(min(workers, len(batches)), mp_context=get_context("spawn")) as pool:
+    context = get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(batches)), mp_context=context, initializer=one_thread) as pool:
         yield from pool.map(measure_batch, batches, *[[a] * len(batches) for a in args])
+
+
+def one_thread() -> None:
+    cv2.setNumThreads(1)  # one worker process per core already
 
 
 _rechecker: FaceRechecker | None = None
@@ -165,7 +170,6 @@ _rechecker: FaceRechecker | None = None
 def measure_batch(batch: list[tuple[str, str]], size: int, recheck: bool) -> list[tuple[str, Measures]]:
     """Measure crop files; keyed by the hash of the bytes actually read (a file may change meanwhile)."""
     global _rechecker
-    cv2.setNumThreads(1)  # one process per core already
     if recheck and _rechecker is None:
         _rechecker = FaceRechecker()
     out = []

@@ -1,5 +1,7 @@
 import csv
 import shutil
+import sqlite3
+from contextlib import closing
 
 import cv2
 import numpy as np
@@ -216,9 +218,8 @@ def test_a_snapshot_appears_whole_or_not_at_all(tmp_path):
 
     with pytest.raises(RuntimeError, match="changed while validating"):
         validate(CONFIG, r.root, on_progress=change_a_crop_while_writing)
-    assert [p.name for p in r.root.datasets_dir.iterdir()] == ["validate.sqlite"] or all(
-        p.name.startswith("validate.sqlite") for p in r.root.datasets_dir.iterdir()
-    )
+    # neither the half-written snapshot nor the dead run's leftover remains, and latest was never made
+    assert sorted(p.name for p in r.root.datasets_dir.iterdir()) == ["validate.sqlite"]
     assert validate(CONFIG, r.root).counts["accepted"] == 10  # the next run succeeds
 
 
@@ -268,3 +269,17 @@ def test_crops_made_by_preprocess_pass_and_its_copies_of_one_photo_are_caught(tm
     assert report.counts["accepted"] == 9 and report.counts["no_face"] == 0
     quarantine = {q["crop_id"][:64]: q["reasons"] for q in list_quarantine(r.root)}
     assert quarantine == {same_pixels: "duplicate", reencoded: "near_duplicate"}
+
+
+def test_a_source_that_opts_out_later_leaves_the_next_snapshot(tmp_path):
+    r, ids = real_root(tmp_path, n=10)
+    before = validate(CONFIG, r.root)
+    with closing(sqlite3.connect(r.root.raw_manifest)) as con, con:  # a re-crawl finds a noai directive
+        con.execute("UPDATE urls SET opt_out = 'noai' WHERE sha256 = ?", (ids[2][:64],))
+
+    after = validate(CONFIG, r.root)
+
+    assert not after.skipped and after.outputs["dataset"] != before.outputs["dataset"]
+    assert list_quarantine(r.root, "opted_out")[0]["crop_id"] == ids[2]
+    assert "its source opted out (noai)" in list_quarantine(r.root)[0]["detail"]
+    assert after.counts["accepted"] == 9
