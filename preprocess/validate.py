@@ -83,19 +83,10 @@ def validate(
         fail_on_too_few(config, verdicts, accepted)
 
         dataset_id = snapshot.snapshot_id([v.measures.pixels_sha256 for v in accepted], config.image_size)
-        folder = root.dataset_dir(dataset_id)
-        made = not folder.is_dir()
+        made = not root.dataset_dir(dataset_id).is_dir()  # the same accepted crops: nothing to write
         if made:
             progress(len(crops), len(crops), f"writing dataset {dataset_id}")
-            report = snapshot_report(config, dataset_id, fingerprint, verdicts)
-            snapshot.build(
-                root,
-                dataset_id,
-                accepted_entries(accepted, sources),
-                report,
-                rejected_by_reason(verdicts),
-                config.sheet_size,
-            )
+            write_snapshot(config, root, dataset_id, fingerprint, verdicts, sources)
         snapshot.point_latest(root, dataset_id)
         pruned = snapshot.prune(root, config.retention)
         set_state(store, fingerprint=fingerprint, dataset_id=dataset_id)
@@ -302,8 +293,15 @@ def fail_on_too_few(config: ValidateConfig, verdicts: list[Verdict], accepted: l
 # --- snapshot and report ----------------------------------------------------------------------------
 
 
-def accepted_entries(accepted: list[Verdict], sources: Sources) -> list[snapshot.Accepted]:
-    return [
+def write_snapshot(
+    config: ValidateConfig,
+    root: DataRoot,
+    dataset_id: str,
+    fingerprint: str,
+    verdicts: list[Verdict],
+    sources: Sources,
+) -> Path:
+    accepted = [
         snapshot.Accepted(
             v.crop.crop_id,
             v.crop.sha256,
@@ -311,8 +309,11 @@ def accepted_entries(accepted: list[Verdict], sources: Sources) -> list[snapshot
             v.measures.pixels_sha256,
             sources.provenance.get(v.crop.sha256, snapshot.Provenance()),
         )
-        for v in accepted
+        for v in verdicts
+        if not v.reasons
     ]
+    report = snapshot_report(config, dataset_id, fingerprint, verdicts)
+    return snapshot.build(root, dataset_id, accepted, report, rejected_by_reason(verdicts), config.sheet_size)
 
 
 def rejected_by_reason(verdicts: list[Verdict]) -> dict[str, list[tuple[str, Path]]]:
