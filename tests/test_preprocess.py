@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 
 import cv2
@@ -64,7 +64,7 @@ def add_raw_files(root: DataRoot, files: list[bytes], ext: str = "jpg") -> list[
 
 
 def rows(root: DataRoot, sql: str, *args) -> list[tuple]:
-    with closing(sqlite3.connect(root.faces_manifest)) as db:
+    with closing(sqlite3.connect(f"{root.faces_manifest.as_uri()}?mode=ro", uri=True)) as db:
         return db.execute(sql, args).fetchall()
 
 
@@ -264,7 +264,7 @@ def test_a_killed_run_resumes_without_redoing_or_half_written_crops(tmp_path):
         done = 0
         while done < 8 and time.monotonic() < deadline and child.poll() is None:
             time.sleep(0.02)
-            if root.faces_manifest.exists():
+            with suppress(sqlite3.OperationalError):  # the run has not created its manifest yet
                 done = rows(root, "SELECT COUNT(*) FROM processed")[0][0]
     finally:
         os.killpg(child.pid, signal.SIGKILL)  # the run and its worker processes, mid-batch
