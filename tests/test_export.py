@@ -309,3 +309,19 @@ def test_export_names_the_missing_run_or_checkpoint(tmp_path):
         export(small_export(), root, run="empty")
     with pytest.raises(BadInputError, match="empty"):
         export(small_export(), root, run="nope")
+
+
+def test_onnx_generator_gives_the_pytorch_generators_images(exported, tmp_path):
+    """Only where the optional onnx, onnxscript and onnxruntime packages are installed."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from models.export import write_onnx
+
+    root, _, _ = exported
+    generator = ema_generator(root)
+    assert write_onnx(generator, 16, tmp_path / "generator.onnx") == "generator.onnx"
+    z = torch.randn(5, 16, generator=torch.Generator().manual_seed(3))
+    session = ort.InferenceSession(str(tmp_path / "generator.onnx"))
+    with torch.no_grad():
+        expected = generator(z).numpy()
+    assert np.abs(session.run(None, {"z": z.numpy()})[0] - expected).max() < 1e-4
