@@ -4,6 +4,7 @@ Flows are thin: they pick the stages, hand each task its config, and stop at the
 Parameters are the stage config models, so the Prefect server validates `--param` overrides.
 """
 
+import warnings
 from pathlib import Path
 
 from prefect import flow
@@ -13,6 +14,10 @@ from flows.tasks import export_task, preprocess_task, scrape_task, train_task, v
 from models.config import ExportConfig, TrainConfig
 from preprocess.config import PreprocessConfig, ValidateConfig
 from scraper.config import ScrapeConfig
+
+# Prefect builds a pydantic model of each flow's parameters; our `validate` parameter (named after
+# its faces.toml table) shadows BaseModel.validate there, which is harmless.
+warnings.filterwarnings("ignore", message='Field name "validate"', category=UserWarning)
 
 STAGE_TASKS = {
     "scrape": scrape_task,
