@@ -36,6 +36,11 @@ class TrainConfig(StrictModel):
     channels_last: bool = Field(True, description="NHWC memory layout on CUDA (faster convolutions).")
     compile: bool = Field(False, description="torch.compile the networks (CUDA only).")
     sync_batchnorm: bool = Field(True, description="SyncBatchNorm across processes (CUDA only).")
+    cpu_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads (0: PyTorch's default, one per core; 1 is fastest on a busy machine).",
+    )
 
     # How it is watched and stored.
     log_every: int = Field(50, ge=1, description="Steps between metrics.jsonl rows.")

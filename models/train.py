@@ -82,6 +82,7 @@ RUNTIME_KEYS = frozenset(
         "channels_last",
         "compile",
         "sync_batchnorm",
+        "cpu_threads",
         "log_every",
         "checkpoint_every",
         "keep_checkpoints",
@@ -364,6 +365,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.notes: list[str] = []
+        if not cuda and config.cpu_threads:
+            torch.set_num_threads(config.cpu_threads)
         if config.compile and not cuda:
             self.notes.append("compile = true applies on CUDA only; trained eagerly")
 

@@ -1,0 +1,280 @@
+"""Training throughput: images per second of our trainer next to a reference-style trainer built the way
+pytorch/examples' dcgan/main.py trains (ImageFolder of PNG files, a DataLoader with 2 workers, float32,
+Sigmoid + BCELoss, `.item()` read-backs every step), with the same DCGAN width, batch size, data and
+device, in one run. Data: face crops of the shared photos (cut around the eyes), repeated with small
+shifts up to --images, written once as PNG files (for the reference) and as images.npy (for ours).
+
+    python bench/train.py                              # CPU here: widths 32 and 64, batch 64, 64x64
+    python bench/train.py --device cuda --batch 128 --widths 64 --steps 200 --warmup 20 [--compile] [--swd]
+
+Both trainers run --warmup steps first (cuDNN autotuning, compilation, worker start-up), then
+--steps timed steps, in alternating --rounds so that a shared machine's changing load falls on both.
+The reference's time includes its data loading, as that is part of how it trains; ours includes its
+on-device batching. `--swd` also prints the SWD of both trainers' samples after those steps
+(models.metrics), so speed is not bought with quality.
+"""
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as `python bench/train.py`, this folder comes first on sys.path and would hide the packages.
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+
+from common.files import atomic_symlink  # noqa: E402
+from common.layout import DataRoot  # noqa: E402
+from models.config import TrainConfig  # noqa: E402
+from models.data import to_uint8  # noqa: E402
+from models.dcgan import build_discriminator, build_generator  # noqa: E402
+from models.train import Trainer  # noqa: E402
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def face_crops(photos: Path, size: int, count: int, seed: int = 0) -> np.ndarray:
+    """Square crops around the eyes (the pupils file where it has the photo, else its mean), resized."""
+    pupils = {}
+    with open(photos / "webmorph-neutral" / "pupils.csv") as f:
+        for row in csv.DictReader(f):
+            pupils[row["file"]] = (
+                (float(row["pupil1_x"]) + float(row["pupil2_x"])) / 2,
+                float(row["pupil1_y"]),
+            )
+    mean_eye = tuple(np.mean(list(pupils.values()), axis=0))
+    files = sorted(photos.glob("*/*.jpg"))
+    if not files:
+        raise SystemExit(f"no photos under {photos}; pass --photos")
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, size, size, 3), dtype=np.uint8)
+    for i in range(count):
+        path = files[i % len(files)]
+        cx, cy = pupils.get(path.name, mean_eye)
+        side = 200 + (rng.integers(-8, 9) if i >= len(files) else 0)  # repeats: slightly other crops
+        dx, dy = rng.integers(-4, 5, 2) if i >= len(files) else (0, 0)
+        left, top = cx - side / 2 + dx, cy - 0.38 * side + dy
+        with Image.open(path) as im:
+            crop = im.convert("RGB").crop((int(left), int(top), int(left + side), int(top + side)))
+            out[i] = np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS))
+    return out
+
+
+def write_datasets(images: np.ndarray, where: Path) -> tuple[Path, Path]:
+    """images.npy in a data root (ours) and a folder of PNG files for ImageFolder (the reference)."""
+    root = DataRoot(where / "data")
+    dataset = root.dataset_dir("bench")
+    dataset.mkdir(parents=True)
+    np.save(dataset / "images.npy", images)
+    atomic_symlink("bench", root.latest_dataset)
+    pngs = where / "png" / "faces"
+    pngs.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(pngs / f"{i:05d}.png")
+    return dataset / "images.npy", pngs.parent
+
+
+# --- the reference-style trainer (pytorch/examples dcgan/main.py) -----------------------------------
+
+
+class Reference:
+    """main.py's loop: D on a real batch, D on a fake batch, G; BCELoss after a Sigmoid; float32."""
+
+    def __init__(self, config: TrainConfig, image_folder: Path, device: torch.device) -> None:
+        import torchvision.datasets as dset
+        import torchvision.transforms as transforms
+
+        size = config.image_size
+        dataset = dset.ImageFolder(
+            root=str(image_folder),
+            transform=transforms.Compose(
+                [
+                    transforms.Resize(size),
+                    transforms.CenterCrop(size),
+                    transforms.ToTensor(),
+                    transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                ]
+            ),
+        )
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, shuffle=True, num_workers=2
+        )
+        self.batches = iter(self.loader)
+        torch.manual_seed(config.seed)
+        self.netG = build_generator(config).to(device)
+        self.netD = nn.Sequential(build_discriminator(config), nn.Sigmoid()).to(device)
+        self.criterion = nn.BCELoss()
+        self.optD = torch.optim.Adam(
+            self.netD.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2)
+        )
+        self.optG = torch.optim.Adam(
+            self.netG.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2)
+        )
+        self.nz, self.device = config.nz, device
+
+    def next_batch(self) -> torch.Tensor:
+        try:
+            return next(self.batches)[0]
+        except StopIteration:  # a new epoch: main.py's `for i, data in enumerate(dataloader)` restarts
+            self.batches = iter(self.loader)
+            return next(self.batches)[0]
+
+    def train_step(self) -> None:
+        real = self.next_batch().to(self.device)
+        b = real.size(0)
+        self.netD.zero_grad()
+        label = torch.full((b,), 1.0, device=self.device)
+        output = self.netD(real)
+        errD_real = self.criterion(output, label)
+        errD_real.backward()
+        D_x = output.mean().item()
+        noise = torch.randn(b, self.nz, 1, 1, device=self.device)
+        fake = self.netG(noise)
+        label.fill_(0.0)
+        output = self.netD(fake.detach())
+        errD_fake = self.criterion(output, label)
+        errD_fake.backward()
+        D_G_z1 = output.mean().item()
+        errD = errD_real + errD_fake
+        self.optD.step()
+        self.netG.zero_grad()
+        label.fill_(1.0)
+        output = self.netD(fake)
+        errG = self.criterion(output, label)
+        errG.backward()
+        D_G_z2 = output.mean().item()
+        self.optG.step()
+        self.last = (errD.item(), errG.item(), D_x, D_G_z1, D_G_z2)  # main.py prints these every step
+
+    @torch.no_grad()
+    def samples(self, n: int) -> np.ndarray:
+        return to_uint8(
+            torch.cat(
+                [self.netG(torch.randn(64, self.nz, 1, 1, device=self.device)) for _ in range(-(-n // 64))]
+            )[:n]
+        )
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_for(step, device: torch.device, steps: int) -> float:
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def race(steps: dict, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
+    """Images per second of each trainer, timed in alternating rounds so that a change in the load of a
+    shared machine falls on both alike."""
+    for step in steps.values():
+        seconds_for(step, device, args.warmup)
+    total = dict.fromkeys(steps, 0.0)
+    per_round = max(1, args.steps // args.rounds)
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            total[name] += seconds_for(step, device, per_round)
+    return {name: per_round * args.rounds * args.batch / seconds for name, seconds in total.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=Path, default=PHOTOS)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=64, choices=(32, 64, 128))
+    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64], help="ngf = ndf values")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per trainer, over all rounds")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating timed rounds per trainer")
+    parser.add_argument("--images", type=int, default=1024, help="dataset size (photos repeated with shifts)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our networks (CUDA)")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--swd", action="store_true", help="also compare sample quality (SWD) after training")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        where = Path(tmp)
+        images = face_crops(args.photos, args.image_size, args.images)
+        images_npy, image_folder = write_datasets(images, where)
+        name = (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"CPU, {torch.get_num_threads()} threads"
+        )
+        print(
+            f"device: {name}; batch {args.batch}; {args.image_size}x{args.image_size}; {args.images} images; "
+            f"{args.warmup} warm-up + {args.steps} timed steps"
+        )
+        table = []
+        for width in args.widths:
+            config = TrainConfig(
+                image_size=args.image_size,
+                ngf=width,
+                ndf=width,
+                batch_size=args.batch,
+                device=str(device),
+                compile=args.compile,
+                progress_bar=False,
+                tensorboard=False,
+                eval_samples=min(1024, args.images),
+            )
+            trainer = Trainer(config, images_npy, where / f"ours-{width}", "bench")
+            steps = {"ours": trainer.train_step}
+            if not args.skip_reference:
+                reference = Reference(config, image_folder, device)
+                steps["reference"] = reference.train_step
+            row = {"width": width, "precision": trainer.precision} | race(steps, device, args)
+            print(f"width {width}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in row.items() if k in steps))
+            if args.swd:
+                from models.metrics import sliced_wasserstein
+
+                real = images[: min(1024, len(images))]
+                row["swd_ours"] = sliced_wasserstein(real, to_uint8(trainer.sample(trainer.eval_noise)))[
+                    "mean"
+                ]
+                if "reference" in row:
+                    row["swd_reference"] = sliced_wasserstein(real, reference.samples(len(real)))["mean"]
+            table.append(row)
+        print_table(table, args.swd)
+
+
+def print_table(table: list[dict], swd: bool) -> None:
+    columns = ["ngf = ndf", "ours (img/s)", "reference (img/s)", "speed-up"]
+    columns += ["SWD ours", "SWD reference"] if swd else []
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---:|" * len(columns))
+    for row in table:
+        ref = row.get("reference")
+        cells = [str(row["width"]), f"{row['ours']:.1f} ({row['precision']})"]
+        cells += [f"{ref:.1f}", f"{row['ours'] / ref:.2f}x"] if ref else ["-", "-"]
+        if swd:
+            cells += [f"{row[k]:.1f}" if k in row else "-" for k in ("swd_ours", "swd_reference")]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
