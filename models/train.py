@@ -365,6 +365,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.notes: list[str] = []
+        self._threads = torch.get_num_threads()  # restored by close(): the setting is process-wide
         if not cuda and config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
         if config.compile and not cuda:
@@ -373,10 +374,9 @@ class Trainer:
         self._load_data(images_path)
         self._build_networks()
 
-        g = torch.Generator().manual_seed(config.seed)
-        self.fixed_noise = torch.randn(GRID_SAMPLES, config.nz, 1, 1, generator=g).to(self.device)
-        self.eval_noise = torch.randn(self.eval_real.shape[0], config.nz, 1, 1, generator=g).to(self.device)
-        self._stats_noise = torch.randn(EMA_STATS_SAMPLES, config.nz, 1, 1, generator=g).to(self.device)
+        self.fixed_noise = self._noise(GRID_SAMPLES, salt=1)  # the grids
+        self.eval_noise = self._noise(len(self.eval_real), salt=2)  # SWD
+        self._stats_noise = self._noise(EMA_STATS_SAMPLES, salt=3)  # the EMA's batch-norm statistics
         self._ema_stats_step = -1
         self.gen = torch.Generator(self.device).manual_seed(shard_seed(config.seed, dist.rank))
         self.swd = _swd_function() if dist.is_main else None
@@ -432,9 +432,11 @@ class Trainer:
 
     def _build_networks(self) -> None:
         cfg, device = self.config, self.device
-        torch.manual_seed(cfg.seed)  # the same initial weights on every process and every rerun
-        self.g_raw = build_generator(cfg).to(device, memory_format=self.memory_format)
-        self.d_raw = build_discriminator(cfg).to(device, memory_format=self.memory_format)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+            torch.manual_seed(cfg.seed)  # the same initial weights on every process and every rerun
+            g, d = build_generator(cfg), build_discriminator(cfg)
+        self.g_raw = g.to(device, memory_format=self.memory_format)
+        self.d_raw = d.to(device, memory_format=self.memory_format)
         self.g_ema = deepcopy(self.g_raw).requires_grad_(False).eval()
         self.g = ddp.wrap(self.g_raw, device, self.dist, cfg.sync_batchnorm, cfg.compile)
         self.d = ddp.wrap(self.d_raw, device, self.dist, cfg.sync_batchnorm, cfg.compile)
@@ -444,6 +446,11 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.d_raw.parameters(), lr=cfg.lr_d, betas=betas, **fused)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self._ema_pairs = (list(self.g_ema.parameters()), list(self.g_raw.parameters()))
+
+    def _noise(self, n: int, salt: int) -> torch.Tensor:
+        """Latents that depend only on the seed and their use: the same in every process and rerun."""
+        g = torch.Generator().manual_seed(shard_seed(self.config.seed, rank=0, salt=-salt))
+        return torch.randn(n, self.config.nz, 1, 1, generator=g).to(self.device)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -761,6 +768,7 @@ class Trainer:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+        torch.set_num_threads(self._threads)
 
 
 def _match_optimizer_flags(saved: dict[str, Any], opt: torch.optim.Optimizer) -> dict[str, Any]:
