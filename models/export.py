@@ -55,6 +55,7 @@ GIF_IMAGES = 8  # images moving together in interpolation.gif
 GIF_KEYFRAMES = 4  # latents each of them loops through
 MAX_TRAINING_FRAMES = 100
 _TMP, _OLD = ".tmp-", ".old-"
+MODEL_NAMES = {"dcgan": "DCGAN", "mlp": "fully connected (MLP) GAN"}
 
 
 # --- which run, which checkpoint ---------------------------------------------------------------------
@@ -358,10 +359,15 @@ def metrics_rows(result: dict) -> list[dict]:
 
 
 def model_card(
-    run_info: dict, ckpt: dict, dataset_dir: Path, index: list[dict], result: dict, exported: dict
+    run_info: dict,
+    ckpt: dict,
+    dataset_dir: Path,
+    n_images: int,
+    index: list[dict],
+    result: dict,
+    exported: dict,
 ) -> str:
     train_config = ckpt["config"]
-    n_images = len(index) if index else None
     hosts = Counter(urlsplit(r.get("source_url") or "").hostname or "(local)" for r in index)
     licences = Counter(r.get("licence") or "(unknown)" for r in index)
     ckpt_metrics = ckpt.get("metrics") or {}
@@ -372,15 +378,16 @@ def model_card(
         "",
         "![samples](grid.png)",
         "",
-        f"A {train_config['model'].upper()} GAN that generates {train_config['image_size']}x"
-        f"{train_config['image_size']} face images, trained on dataset `{ckpt['dataset_id']}`. "
+        f"A {MODEL_NAMES.get(train_config['model'], train_config['model'])} that generates "
+        f"{train_config['image_size']}x{train_config['image_size']} face images, "
+        f"trained on dataset `{ckpt['dataset_id']}`. "
         f"Exported {exported['created']} from `{exported['checkpoint']}` (step {ckpt['step']}).",
         "",
         "## Training",
         "",
         "| | |",
         "|---|---|",
-        f"| dataset | `{ckpt['dataset_id']}` ({n_images if n_images is not None else 'unknown'} images) |",
+        f"| dataset | `{ckpt['dataset_id']}` ({n_images} images) |",
         f"| steps | {ckpt['step']} ({ckpt_metrics.get('images_seen', 'n/a')} images seen) |",
         f"| training time | {_fmt(seconds / 3600 if seconds else None)} h ({_fmt(seconds)} s) |",
         f"| device | {run_info.get('device', 'unknown')}, {run_info.get('precision', '')}, "
@@ -515,7 +522,8 @@ def export(
         swap_in(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    progress("done")
+    if on_progress is not None:
+        on_progress(total, total, "done")
     report = report_for(final, info, result, skipped=False)
     report.seconds = time.monotonic() - started
     return report
@@ -581,8 +589,9 @@ def build_export(
     atomic_write_json(out / "metrics.json", result)
 
     progress("training plot and model card")
+    floor = result["swd_noise_floor"]
     plots.training_plot(
-        plots.read_metrics(run_dir / "metrics.jsonl"), result["swd_noise_floor"]["mean"], out / "training.png"
+        plots.read_metrics(run_dir / "metrics.jsonl"), floor["mean"], floor["images"], out / "training.png"
     )
     run_info = read_json(run_dir / "run.json")
     info = {
@@ -597,7 +606,7 @@ def build_export(
         "files": exported,
         "notes": notes,
     }
-    card = model_card(run_info, ckpt, dataset_dir, read_index(dataset_dir), result, info)
+    card = model_card(run_info, ckpt, dataset_dir, len(real), read_index(dataset_dir), result, info)
     atomic_write_text(out / "MODEL_CARD.md", card)
     atomic_write_json(out / "export.json", info)
     return info, result
@@ -606,8 +615,18 @@ def build_export(
 # --- the folder swap and the report -------------------------------------------------------------------
 
 
+def readable_by_all(folder: Path) -> None:
+    """Temporary files are created private (0600); an export is meant to be shared, so honour the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def swap_in(tmp: Path, final: Path) -> None:
     """Replace `final` by `tmp`: the old folder is moved aside first and removed only after the swap."""
+    readable_by_all(tmp)
     old = final.parent / f"{_OLD}{final.name}"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

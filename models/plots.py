@@ -101,7 +101,7 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [float(p[1]) for p in points]
 
 
-def training_plot(rows: list[dict], noise_floor: float | None, path: Path) -> Path:
+def training_plot(rows: list[dict], noise_floor: float | None, floor_images: int, path: Path) -> Path:
     """Losses over steps, and SWD over steps with the real-vs-real noise floor drawn beside it."""
     fig = Figure(figsize=(10, 4), dpi=100)
     canvas = FigureCanvasAgg(fig)
@@ -116,7 +116,12 @@ def training_plot(rows: list[dict], noise_floor: float | None, path: Path) -> Pa
     if steps:
         quality.plot(steps, values, marker="o", markersize=3, label="SWD generated vs real (mean, x1000)")
     if noise_floor is not None:
-        quality.axhline(noise_floor, color="grey", linestyle="--", label="noise floor (real vs real)")
+        quality.axhline(
+            noise_floor,
+            color="grey",
+            linestyle="--",
+            label=f"noise floor (real vs real, {floor_images} per side)",
+        )
     quality.set(title="Sliced Wasserstein distance (lower is better)", xlabel="step")
     if steps or noise_floor is not None:
         quality.legend(loc="best", fontsize="small")
