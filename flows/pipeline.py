@@ -10,7 +10,15 @@ from pathlib import Path
 from prefect import flow
 
 from flows.config import STAGES, Stage
-from flows.tasks import export_task, preprocess_task, scrape_task, train_task, validate_task
+from flows.tasks import (
+    dask_task_runner,
+    export_task,
+    preprocess_on_dask,
+    preprocess_task,
+    scrape_task,
+    train_task,
+    validate_task,
+)
 from models.config import ExportConfig, TrainConfig
 from preprocess.config import PreprocessConfig, ValidateConfig
 from scraper.config import ScrapeConfig
@@ -42,8 +50,14 @@ def _ordered(stages: list[Stage]) -> list[Stage]:
 
 def run_stage(stage: Stage, config, data_dir: str, force: bool = False, **kwargs) -> dict:
     """Run one stage's task; `force` also refreshes the task's cache."""
-    stage_task = STAGE_TASKS[stage].with_options(refresh_cache=force) if stage != "scrape" else scrape_task
-    report = stage_task(config, data_dir, force, **kwargs)
+    if stage == "preprocess" and config.dask_address:
+        on_dask = preprocess_on_dask.with_options(task_runner=dask_task_runner(config))
+        report = on_dask(config, data_dir, force)
+    else:
+        stage_task = (
+            STAGE_TASKS[stage].with_options(refresh_cache=force) if stage != "scrape" else scrape_task
+        )
+        report = stage_task(config, data_dir, force, **kwargs)
     return {"counts": report.counts, "outputs": report.outputs, "seconds": round(report.seconds, 1)}
 
 

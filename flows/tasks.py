@@ -1,11 +1,13 @@
 """Prefect tasks: each wraps one stage function with retries, a content-based cache and artifacts."""
 
 import base64
+import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_image_artifact,
     create_markdown_artifact,
@@ -26,6 +28,7 @@ from models.config import ExportConfig, TrainConfig
 from preprocess import pipeline as preprocess_stage
 from preprocess import validate as validate_stage
 from preprocess.config import PreprocessConfig, ValidateConfig
+from preprocess.pipeline import BatchResult, Source
 from scraper import crawl as scrape_stage
 from scraper.config import ScrapeConfig
 
@@ -130,3 +133,51 @@ def export_task(
     config: ExportConfig, data_dir: str, force: bool = False, run: str | None = None
 ) -> StageReport:
     return _run(export_stage.export, "export", config, data_dir, force, run=run)
+
+
+# --- preprocess on a Dask cluster: each batch of photos is a Prefect task on a Dask worker ----------
+
+
+@task(name="preprocess-batch", **RETRIES)
+def preprocess_batch_task(config: PreprocessConfig, data_dir: str, batch: list[Source]) -> BatchResult:
+    """Decode, detect and crop one batch; the parent records the result in the manifest."""
+    return preprocess_stage.process_batch(config, DataRoot(data_dir), batch)
+
+
+def batches_as_tasks(window: int) -> Callable[..., Iterator[BatchResult]]:
+    """A batch runner for preprocess(): submits batches as tasks, at most `window` in flight."""
+
+    def run(
+        config: PreprocessConfig, root: DataRoot, batches: Iterator[list[Source]]
+    ) -> Iterator[BatchResult]:
+        in_flight: deque = deque()
+        for batch in batches:
+            in_flight.append(preprocess_batch_task.submit(config, str(root.root), batch))
+            if len(in_flight) >= window:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+    return run
+
+
+@flow(name="preprocess-on-dask")
+def preprocess_on_dask(config: PreprocessConfig, data_dir: str, force: bool = False) -> StageReport:
+    return _run(
+        preprocess_stage.preprocess, "preprocess", config, data_dir, force, run_batches=batches_as_tasks(64)
+    )
+
+
+def dask_task_runner(config: PreprocessConfig):
+    """prefect-dask's runner: a local cluster for "local", else the scheduler at that address."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise BadInputError(
+            "[preprocess] dask_address is set but prefect-dask is not installed; "
+            "pip install 'faces-pipeline[dask]'"
+        ) from None
+    if config.dask_address == "local":
+        workers = config.workers or os.cpu_count() or 1
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
+    return DaskTaskRunner(address=config.dask_address)

@@ -30,9 +30,14 @@ class PreprocessConfig(StrictModel):
     )
     workers: int = Field(0, ge=0, description="Processes; 0 means one per core.")
     batch_size: int = Field(32, ge=1, description="Images per batch (one task, one manifest transaction).")
+    dask_address: str | None = Field(
+        None,
+        description="Run batches as Prefect tasks on a Dask cluster: a scheduler address such as "
+        '"tcp://10.0.0.5:8786", or "local" for a local cluster; the data root must be shared storage.',
+    )
 
     # Settings that change how work is spread, not what it produces: left out of the config hash.
-    EXECUTION_FIELDS: ClassVar[frozenset[str]] = frozenset({"workers", "batch_size"})
+    EXECUTION_FIELDS: ClassVar[frozenset[str]] = frozenset({"workers", "batch_size", "dask_address"})
 
     def output_hash(self) -> str:
         """Hash of the settings that shape the crops: changing any of them reprocesses every image."""

@@ -288,13 +288,19 @@ def worker_count(config: PreprocessConfig) -> int:
     return config.workers or os.cpu_count() or 1
 
 
+BatchRunner = Callable[[PreprocessConfig, DataRoot, Iterator[list[Source]]], Iterator[BatchResult]]
+
+
 def preprocess(
     config: PreprocessConfig,
     root: DataRoot,
     *,
     force: bool = False,
     on_progress: Callable[[int, int, str], None] | None = None,
+    run_batches: BatchRunner | None = None,
 ) -> StageReport:
+    """Crop every pending photo. `run_batches` spreads the batches elsewhere (the flows pass one that
+    runs them as Prefect tasks on a Dask cluster); by default they go to local worker processes."""
     started = time.monotonic()
     _remove_orphan_temp_files(root)
     sources, pending = count_sources(config, root, force=force)
@@ -306,7 +312,8 @@ def preprocess(
         "no_face": 0,
         "errors": 0,
     }
-    for result in _run_batches(config, root, force):
+    batches = iter_batches(config, root, force=force)
+    for result in (run_batches or run_batches_locally)(config, root, batches):
         record_batch(config, root, result)
         for key, n in result.counts.items():
             counts[key] += n
@@ -324,10 +331,11 @@ def preprocess(
     )
 
 
-def _run_batches(config: PreprocessConfig, root: DataRoot, force: bool) -> Iterator[BatchResult]:
+def run_batches_locally(
+    config: PreprocessConfig, root: DataRoot, batches: Iterator[list[Source]]
+) -> Iterator[BatchResult]:
     """Batch results as they finish; at most two batches per worker in flight, so memory stays flat."""
     workers = worker_count(config)
-    batches = iter_batches(config, root, force=force)
     if workers == 1:
         for batch in batches:
             yield process_batch(config, root, batch)

@@ -68,7 +68,7 @@ def _print_where(results: dict, seconds: float) -> None:
     print("\nWhere to look:")
     labels = {
         "validate": ("report", "dataset"),
-        "train": ("checkpoints", "run"),
+        "train": ("run_dir", "best_checkpoint", "latest_checkpoint"),
         "export": ("grid", "model_card", "export"),
     }
     for stage, keys in labels.items():
