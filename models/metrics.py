@@ -111,17 +111,27 @@ def swd_descriptors(images: np.ndarray, rng: np.random.Generator) -> list[torch.
     return descriptors
 
 
-def _swd_one_level(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator) -> float:
-    a_np, b_np = a.numpy(), b.numpy()
+def _swd_one_level(
+    a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, device: torch.device | None
+) -> float:
+    """Mean over 4 x 128 random directions of the distance between the sorted projections."""
+    if device is not None:
+        a, b = a.to(device), b.to(device)
     results = []
     for _ in range(SWD_DIR_REPEATS):
         dirs = rng.standard_normal((a.shape[1], SWD_DIRS_PER_REPEAT)).astype(np.float32)
         dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
-        # (directions, descriptors), sorted along the contiguous axis: numpy's vectorised sort is
-        # ~3x faster there than down columns, and ~15x faster than torch.sort on CPU.
-        proj_a = np.sort(dirs.T @ a_np.T, axis=1)
-        proj_b = np.sort(dirs.T @ b_np.T, axis=1)
-        results.append(float(np.abs(proj_a - proj_b).mean()))
+        if device is None:
+            # (directions, descriptors), sorted along the contiguous axis: numpy's vectorised sort is
+            # ~3x faster there than down columns, and ~15x faster than torch.sort on CPU.
+            proj_a = np.sort(dirs.T @ a.numpy().T, axis=1)
+            proj_b = np.sort(dirs.T @ b.numpy().T, axis=1)
+            results.append(float(np.abs(proj_a - proj_b).mean()))
+        else:  # on a GPU, torch's sort is the fast one
+            d = torch.from_numpy(dirs.T.copy()).to(device)
+            proj_a = torch.sort(d @ a.T, dim=1).values
+            proj_b = torch.sort(d @ b.T, dim=1).values
+            results.append(float((proj_a - proj_b).abs().mean()))
     return float(np.mean(results))
 
 
@@ -137,10 +147,14 @@ def _same_count(
     return real, fake
 
 
-def sliced_wasserstein(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> dict:
+def sliced_wasserstein(
+    real: np.ndarray, fake: np.ndarray, seed: int = 0, device: str | torch.device | None = None
+) -> dict:
     """ProGAN's SWD between two uint8 (N, H, W, C) image sets; x1000 per level, finest first.
 
     When the sets differ in size, a random subset of the larger one is used (the counts must match).
+    `device` (e.g. "cuda") projects and sorts there, several times faster than the CPU for 1000s of
+    images; None uses numpy. The random choices are the same either way, so are the figures.
     Returns {"levels": [...], "resolutions": [64, 32, 16], "mean": float, "images": n}.
     """
     _check_images(real, "real images")
@@ -152,7 +166,8 @@ def sliced_wasserstein(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> dic
     with torch.no_grad():
         desc_real = swd_descriptors(real, rng)
         desc_fake = swd_descriptors(fake, rng)
-        levels = [_swd_one_level(a, b, rng) * 1e3 for a, b in zip(desc_real, desc_fake, strict=True)]
+        device = None if device is None else torch.device(device)
+        levels = [_swd_one_level(a, b, rng, device) * 1e3 for a, b in zip(desc_real, desc_fake, strict=True)]
     return {
         "levels": levels,
         "resolutions": swd_levels(real.shape[1]),

@@ -91,6 +91,13 @@ def test_swd_is_reproducible_for_a_seed_and_uses_equal_counts(halves):
     assert first["images"] == 40
 
 
+def test_swd_on_a_torch_device_gives_the_numpy_figures(halves):
+    a, b = halves
+    numpy_result = sliced_wasserstein(a[:8], b[:8], seed=6)
+    torch_result = sliced_wasserstein(a[:8], b[:8], seed=6, device="cpu")  # the path CUDA takes
+    assert torch_result["levels"] == pytest.approx(numpy_result["levels"], rel=1e-4)
+
+
 def test_swd_rejects_images_that_are_not_uint8_nhwc():
     floats = face_crops(32)[:8].astype(np.float32) / 255
     with pytest.raises(BadInputError, match="uint8"):
