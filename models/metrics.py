@@ -185,7 +185,7 @@ def split_halves(real: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return real[np.sort(order[:half])], real[np.sort(order[half : 2 * half])]
 
 
-def swd_noise_floor(real: np.ndarray, seed: int = 0) -> dict:
+def swd_noise_floor(real: np.ndarray, seed: int = 0, device: str | torch.device | None = None) -> dict:
     """SWD between two disjoint halves of the real set: what "as good as the data itself" scores.
 
     The figure depends on the number of images per side; compare it with an SWD of generated
@@ -193,7 +193,7 @@ def swd_noise_floor(real: np.ndarray, seed: int = 0) -> dict:
     """
     _check_images(real, "real images")
     a, b = split_halves(real, seed)
-    return sliced_wasserstein(a, b, seed=seed + 1)
+    return sliced_wasserstein(a, b, seed=seed + 1, device=device)
 
 
 # --- MS-SSIM diversity -------------------------------------------------------------------------------
