@@ -16,6 +16,10 @@ from typing import Any
 from pydantic import BaseModel
 
 _CHUNK = 1 << 20
+# mkstemp makes private (0600) files; outputs should get the usual permissions. Read the umask once,
+# at import, while no other thread can be changing it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -30,6 +34,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
         with open(tmp, "rb+") as f:

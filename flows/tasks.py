@@ -94,6 +94,9 @@ def publish(report: StageReport) -> None:
     for name, rows in report.tables.items():
         if rows:
             create_table_artifact(rows, key=f"{stage}-{name}".lower().replace("_", "-"))
+    card = report.outputs.get("model_card")
+    if card and Path(card).is_file():
+        create_markdown_artifact(Path(card).read_text(), key="model-card", description="model card")
     grid = report.outputs.get("grid")
     if grid and Path(grid).is_file():
         data = base64.b64encode(Path(grid).read_bytes()).decode()
