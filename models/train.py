@@ -195,6 +195,16 @@ def generator_loss(kind: str, logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logits - 1).pow(2).mean()
 
 
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """The module's weights need no gradients inside the block (gradients still flow through it)."""
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        module.requires_grad_(True)
+
+
 def grad_norm(module: nn.Module) -> torch.Tensor:
     norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
     return torch.stack(norms).norm() if norms else torch.zeros(())
@@ -480,10 +490,10 @@ class Trainer:
         grad_norm_d = grad_norm(self.d_raw) if measure else None
         self.scaler.step(self.opt_d)
 
-        # G: through the updated D. The gradients this leaves on D are discarded before D's next
-        # step, so their all-reduce is skipped.
+        # G: through the updated D, held fixed: its weights get no gradients (saving part of its
+        # backward work) and DDP has nothing of D's to all-reduce.
         self.opt_g.zero_grad(set_to_none=True)
-        with ddp.no_sync(self.d):
+        with frozen(self.d_raw), ddp.no_sync(self.d):
             with self.autocast():
                 gen_logits = self.d(fake).float()
             loss_g = generator_loss(cfg.loss, gen_logits)
@@ -657,56 +667,57 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (cfg.progress_bar and self.dist.is_main),
         )
-        window_start, window_step = time.perf_counter(), self.step
+        self._window = (time.perf_counter(), self.step)
         try:
             while self.step < until:
                 next_step = self.step + 1
-                measure = next_step % cfg.log_every == 0 or next_step == until
-                figures = self.train_step(measure)
+                figures = self.train_step(measure=next_step % cfg.log_every == 0 or next_step == until)
                 bar.update(1)
-                step = self.step
-                due_checkpoint = step % cfg.checkpoint_every == 0 or step == until
-                due_sample = step % cfg.sample_every == 0 or step == until
-                due_eval = step % cfg.eval_every == 0 or step == until
-                if not (measure or due_checkpoint or due_sample or due_eval):
-                    continue
-                # A boundary: the only place the loop waits for the device.
-                self._check_finite(window_step, step)
-                seconds = time.perf_counter() - window_start
-                self.train_seconds += seconds
-                self.session_seconds += seconds
-                self.session_steps += step - window_step
-                row: dict[str, Any] = {"step": step, "images_seen": self.images_seen}
-                if figures:
-                    row |= self._figures(figures, (step - window_step) * cfg.batch_size / max(seconds, 1e-9))
-                    bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}")
-                if due_sample:
-                    row |= self._sample_grid()
-                improved = False
-                if due_eval:
-                    row |= self._evaluate()
-                    improved = "swd" in row and row["swd"] < self.best_swd
-                    if improved:
-                        self.best_swd = row["swd"]
-                stop = ddp.any_rank(
-                    cfg.early_stop and (self.watch.overpowered or self.watch.collapsed),
-                    self.device,
-                    self.dist,
-                )
-                self.last_row = row
-                if due_checkpoint or improved or stop:
-                    self._checkpoint(improved)
-                if self.metrics is not None:
-                    self.metrics.write(row)
-                if self.on_progress is not None:
-                    self.on_progress(step, until, _progress_message(row))
-                if stop:
-                    log.warning("early_stop: stopping at step %d", step)
+                due = {
+                    "checkpoint": self.step % cfg.checkpoint_every == 0,
+                    "sample": self.step % cfg.sample_every == 0,
+                    "eval": self.step % cfg.eval_every == 0,
+                }
+                due = {k: v or self.step == until for k, v in due.items()}
+                if (figures or any(due.values())) and self._boundary(until, figures, due, bar):
                     return "stopped_early"
-                window_start, window_step = time.perf_counter(), step
         finally:
             bar.close()
         return "finished"
+
+    def _boundary(
+        self, until: int, figures: dict[str, torch.Tensor], due: dict[str, bool], bar: tqdm
+    ) -> bool:
+        """Everything between steps that needs the device's results; True when the run should stop."""
+        self._check_finite(self._window[1], self.step)  # the only place the loop waits for the device
+        seconds, steps = time.perf_counter() - self._window[0], self.step - self._window[1]
+        self.train_seconds += seconds
+        self.session_seconds += seconds
+        self.session_steps += steps
+        row: dict[str, Any] = {"step": self.step, "images_seen": self.images_seen}
+        if figures:
+            row |= self._figures(figures, steps * self.config.batch_size / max(seconds, 1e-9))
+            bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}")
+        if due["sample"]:
+            row |= self._sample_grid()
+        improved = False
+        if due["eval"]:
+            row |= self._evaluate()
+            improved = row.get("swd", math.inf) < self.best_swd
+            self.best_swd = min(self.best_swd, row.get("swd", math.inf))
+        warned = self.watch.overpowered or self.watch.collapsed
+        stop = ddp.any_rank(self.config.early_stop and warned, self.device, self.dist)
+        self.last_row = row
+        if self.metrics is not None:  # before the checkpoint: a resumed run drops rows past its checkpoint
+            self.metrics.write(row)
+        if due["checkpoint"] or improved or stop:
+            self._checkpoint(improved)
+        if self.on_progress is not None:
+            self.on_progress(self.step, until, _progress_message(row))
+        if stop:
+            log.warning("early_stop: stopping at step %d", self.step)
+        self._window = (time.perf_counter(), self.step)
+        return stop
 
     def _check_finite(self, checked_step: int, step: int) -> None:
         if not ddp.any_rank(not bool(self._finite), self.device, self.dist):
