@@ -1,14 +1,16 @@
 """Train the DCGAN (or the MLP GAN) on the latest dataset snapshot: fast, resumable, watched.
 
 Each step updates D once on a real and a fake batch, then G once through the updated D, as
-pytorch/examples' dcgan/main.py does, with three differences that make it fast: the dataset sits on
-the device as uint8 (models.data), D returns logits (losses stay safe under bf16 autocast), and the
-loop never waits for the GPU except every `log_every` steps, when it reads the losses back.
+pytorch/examples' dcgan/main.py does, with differences that make it fast: the dataset sits on the
+device as uint8 (models.data), D returns logits (losses stay safe under bf16 autocast), D's weights
+get no gradients in G's step, and the loop never waits for the GPU except every `log_every` steps,
+when it reads the losses back. Checkpoints: models.checkpoint; warnings and metrics.jsonl:
+models.watch; several processes: models.ddp.
 
 A run lives in runs/<run>/ (docs/DESIGN.md), named after the dataset and the settings that shape
 what is learned, so a rerun on the same dataset finds its run: finished, it does nothing; killed,
 it resumes from the latest checkpoint. A new dataset with `warm_start` starts from the previous
-run's networks. One process per GPU under torchrun trains with DDP (models.ddp).
+run's networks. One process per GPU under torchrun trains with DDP.
 
     python -m models.train --config faces.toml
     torchrun --nproc-per-node 4 -m models.train --config faces.toml
@@ -24,7 +26,6 @@ import shutil
 import sys
 import time
 import tomllib
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from copy import deepcopy
@@ -44,7 +45,6 @@ from tqdm import tqdm
 from common.files import (
     atomic_symlink,
     atomic_write_json,
-    atomic_write_text,
     atomic_write_with,
     config_hash,
     sha256_bytes,
@@ -65,6 +65,7 @@ from models.checkpoint import (
 from models.config import TrainConfig
 from models.data import DeviceDataset, fit_images, open_images, shard_seed, to_uint8
 from models.dcgan import build_discriminator, build_generator
+from models.watch import MetricsLog, Watch
 
 log = logging.getLogger(__name__)
 
@@ -235,109 +236,6 @@ def pick_precision(precision: str, device: torch.device) -> tuple[torch.dtype | 
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return (torch.bfloat16, "bf16") if precision == "bf16" else (torch.float16, "fp16")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Watching: D overpowering G, G collapsing
-
-
-def diversity(images: torch.Tensor) -> float:
-    """Mean pairwise L2 distance between images: near zero when they are all alike."""
-    return float(torch.pdist(images.flatten(1).float()).mean())
-
-
-class Watch:
-    """Raises a warning (once per episode) when D wins outright or G's samples collapse."""
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-        self.rows: deque[tuple[float, float]] = deque(maxlen=config.watch_window)
-        self.overpowered = False
-        self.collapsed = False
-        self.warnings: list[str] = []
-
-    def losses(self, step: int, loss_d: float, loss_g: float) -> bool:
-        """D overpowers G when its loss stays near zero for a window of rows while G's loss climbs."""
-        self.rows.append((loss_d, loss_g))
-        full = len(self.rows) == self.rows.maxlen
-        now = (
-            full and all(d < self.config.overpower_d_loss for d, _ in self.rows) and loss_g > self.rows[0][1]
-        )
-        if now and not self.overpowered:
-            self._warn(
-                f"step {step}: the discriminator overpowers the generator (D loss < "
-                f"{self.config.overpower_d_loss} for {len(self.rows)} rows while G loss climbs to "
-                f"{loss_g:.2f}); "
-                "try label_smoothing = 0.1, a lower lr_d or loss = 'hinge'"
-            )
-        self.overpowered = now
-        return now
-
-    def samples(self, step: int, fake: torch.Tensor, real: torch.Tensor) -> float:
-        """Diversity of the fixed-noise samples relative to real images; warns when they collapse."""
-        ratio = diversity(fake) / max(diversity(real), 1e-8)
-        now = ratio < self.config.collapse_diversity
-        if now and not self.collapsed:
-            self._warn(
-                f"step {step}: mode collapse: the fixed-noise samples are nearly identical (diversity "
-                f"{ratio:.3f} of the real images'); try a lower lr_g, loss = 'hinge' or an earlier checkpoint"
-            )
-        self.collapsed = now
-        return ratio
-
-    def _warn(self, message: str) -> None:
-        log.warning(message)
-        self.warnings.append(message)
-
-
-# ---------------------------------------------------------------------------------------------------
-# metrics.jsonl and TensorBoard
-
-
-def _tensorboard_writer(log_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is an optional extra
-        return None
-    return SummaryWriter(str(log_dir))
-
-
-class MetricsLog:
-    """One JSON object per line; a resumed run first drops the rows past its checkpoint."""
-
-    def __init__(self, path: Path, tensorboard_dir: Path | None) -> None:
-        self.path = path
-        self.tb = _tensorboard_writer(tensorboard_dir) if tensorboard_dir else None
-
-    def truncate(self, step: int) -> None:
-        """Keep the rows up to `step` (a killed run may have logged past its last checkpoint)."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by a kill
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:  # a row every log_every steps: reopening costs nothing
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for key, value in row.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
-                    self.tb.add_scalar(key, value, row["step"])
-
-    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
-        if self.tb is not None:
-            self.tb.add_image(tag, grid, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def _swd_function() -> Callable[..., dict] | None:

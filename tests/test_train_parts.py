@@ -11,7 +11,8 @@ from common.report import BadInputError
 from models.config import TrainConfig
 from models.data import DeviceDataset, fit_images, open_images
 from models.dcgan import build_discriminator, build_generator
-from models.train import Watch, load_train_config, train
+from models.train import load_train_config, train
+from models.watch import Watch
 from tests.test_train import blobs, make_dataset, one_thread, tiny  # noqa: F401
 
 
