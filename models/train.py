@@ -126,8 +126,12 @@ def run_name(config: TrainConfig, dataset_id: str) -> str:
 
 
 def input_fingerprint(config: TrainConfig, root: DataRoot) -> str:
-    """The dataset snapshot's id and the whole config: the flows' cache key for this stage."""
-    _, dataset_id = latest_dataset(root)
+    """The dataset snapshot's id and the whole config: the flows' cache key for this stage.
+
+    With no dataset yet it still returns a key, so that train() itself runs and says what is missing.
+    """
+    link = root.latest_dataset
+    dataset_id = link.resolve().name if (link / "images.npy").is_file() else "no-dataset"
     return sha256_bytes(f"{dataset_id}|{config_hash(config)}".encode())
 
 

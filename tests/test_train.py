@@ -17,7 +17,7 @@ from common.report import BadInputError
 from models.checkpoint import CHECKPOINT_KEYS, list_checkpoints
 from models.config import TrainConfig
 from models.dcgan import build_generator
-from models.train import Trainer, TrainingDivergedError, latest_dataset, run_name, train
+from models.train import Trainer, TrainingDivergedError, input_fingerprint, latest_dataset, run_name, train
 
 TINY = dict(
     image_size=32,
@@ -229,3 +229,14 @@ def test_collapse_warning_stops_early_when_asked(root):
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(BadInputError, match="no dataset snapshot.*run the validate stage"):
         train(tiny(), DataRoot(tmp_path))
+
+
+def test_fingerprint_follows_the_dataset_and_the_config(tmp_path):
+    root = DataRoot(tmp_path)
+    empty = input_fingerprint(tiny(), root)
+    make_dataset(root, blobs(seed=0))
+    first = input_fingerprint(tiny(), root)
+    assert first != empty and first == input_fingerprint(tiny(), root)
+    assert input_fingerprint(tiny(steps=7), root) != first
+    make_dataset(root, blobs(seed=1))
+    assert input_fingerprint(tiny(), root) != first
