@@ -119,6 +119,10 @@ def test_run_writes_contract_checkpoints_grids_and_metrics(root):
     for key in ("loss_d", "loss_g", "d_x", "d_g_z", "grad_norm_d", "grad_norm_g", "images_per_second"):
         assert all(np.isfinite(r[key]) for r in logged), key
     assert "diversity" in logged[1] and "collapsed" in logged[1]
+    swd = {r["step"]: r["swd"] for r in logged if "swd" in r}  # evaluated at steps 4 and 8
+    best = torch.load(report.outputs["best_checkpoint"], weights_only=True)
+    assert sorted(swd) == [4, 8] and best["metrics"]["swd"] == min(swd.values())
+    assert best["step"] == min(swd, key=swd.get)
     info = json.loads((run_dir / "run.json").read_text())
     assert (
         info["status"] == "finished" and info["parent"] is None and info["dataset_id"] == ckpt["dataset_id"]
