@@ -4,6 +4,7 @@ Every command takes --config (faces.toml) and --data-dir; on failure it prints o
 """
 
 import argparse
+import atexit
 import sys
 from pathlib import Path
 
@@ -168,18 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Prefect's ephemeral server logs its shutdown at exit; registered first, the reason prints after
+    # it (atexit runs handlers last-registered first), so it is the last line the user reads.
+    failure: list[str] = []
+    atexit.register(lambda: failure and print(failure[0], file=sys.stderr))
     try:
         args.func(args)
     except BadInputError as e:
-        print(f"faces: error: {'; '.join(str(e).splitlines())}", file=sys.stderr)
-        return 1
+        failure.append(f"faces: error: {'; '.join(str(e).splitlines())}")
     except KeyboardInterrupt:
-        print("faces: interrupted", file=sys.stderr)
+        failure.append("faces: interrupted")
         return 130
     except Exception as e:  # one line for the user; the traceback is in the Prefect logs above
-        print(f"faces: {args.command} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+        failure.append(f"faces: {args.command} failed: {type(e).__name__}: {' '.join(str(e).split())}")
+    return 1 if failure else 0
 
 
 if __name__ == "__main__":

@@ -94,9 +94,10 @@ def publish(report: StageReport) -> None:
     for name, rows in report.tables.items():
         if rows:
             create_table_artifact(rows, key=f"{stage}-{name}".lower().replace("_", "-"))
-    card = report.outputs.get("model_card")
-    if card and Path(card).is_file():
-        create_markdown_artifact(Path(card).read_text(), key="model-card", description="model card")
+    for label, key in (("report", f"{stage}-report"), ("model_card", "model-card")):
+        path = Path(report.outputs.get(label, ""))
+        if path.suffix == ".md" and path.is_file():
+            create_markdown_artifact(path.read_text(), key=key, description=f"{stage} {label}")
     grid = report.outputs.get("grid")
     if grid and Path(grid).is_file():
         data = base64.b64encode(Path(grid).read_bytes()).decode()
