@@ -59,7 +59,7 @@ class TrainConfig(StrictModel):
     )
     early_stop: bool = Field(False, description="Stop (keeping the checkpoints) on a collapse warning.")
     tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
-    progress_bar: bool = True
+    progress_bar: bool = Field(True, description="A console progress bar, when stderr is a terminal.")
 
 
 class ExportConfig(StrictModel):

@@ -567,7 +567,8 @@ class Trainer:
             initial=self.step,
             unit="step",
             dynamic_ncols=True,
-            disable=not (cfg.progress_bar and self.dist.is_main),
+            # On a terminal only: in logs (Prefect workers, CI) a redrawn bar is thousands of lines.
+            disable=not (cfg.progress_bar and self.dist.is_main and sys.stderr.isatty()),
         )
         self._window = (time.perf_counter(), self.step)
         try:
