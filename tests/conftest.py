@@ -28,5 +28,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def photos_dir() -> Path:
     if not PHOTOS.is_dir():
-        pytest.fail(f"{PHOTOS} is missing: the shared photos must sit beside the project (../shared/data/photos)")
+        pytest.fail(
+            f"{PHOTOS} is missing: the shared photos must sit beside the project (../shared/data/photos)"
+        )
     return PHOTOS
