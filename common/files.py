@@ -74,6 +74,15 @@ def atomic_symlink(target: str | Path, link: str | Path) -> None:
     os.replace(tmp, link)
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename inside `path` durable: a folder swapped into place survives a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

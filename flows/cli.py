@@ -25,10 +25,6 @@ def _default_config() -> Path | None:
     return path if path.is_file() else None
 
 
-def _stage_config(cfg: PipelineConfig, stage: str):
-    return getattr(cfg, "validate_" if stage == "validate" else stage)
-
-
 def cmd_run(args: argparse.Namespace) -> None:
     from flows.pipeline import faces_pipeline
 
@@ -37,8 +33,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise BadInputError(f"unknown stage(s) {unknown} in --stages; choose from {','.join(STAGES)}")
-    configs = {s: _stage_config(cfg, s) for s in STAGES}
-    results = faces_pipeline(data_dir=cfg.data_dir, stages=stages, force=args.force, **configs)
+    results = faces_pipeline(data_dir=cfg.data_dir, stages=stages, force=args.force, **cfg.stage_configs())
     _print_results(results)
 
 
@@ -50,7 +45,7 @@ def cmd_stage(args: argparse.Namespace) -> None:
     cfg = _load(args)
     kwargs = {"run": args.run} if args.stage == "export" else {}
     result = STAGE_FLOWS[args.stage](
-        data_dir=cfg.data_dir, force=args.force, **{args.stage: _stage_config(cfg, args.stage)}, **kwargs
+        data_dir=cfg.data_dir, force=args.force, **{args.stage: cfg.stage_configs()[args.stage]}, **kwargs
     )
     _print_results({args.stage: result})
 

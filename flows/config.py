@@ -56,6 +56,10 @@ class PipelineConfig(StrictModel):
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
 
+    def stage_configs(self) -> dict[Stage, StrictModel]:
+        """Each stage's settings, keyed by stage name: the flows' parameters of the same names."""
+        return {stage: getattr(self, "validate_" if stage == "validate" else stage) for stage in STAGES}
+
 
 def describe_errors(error: ValidationError, source: str) -> str:
     """One line per problem, naming the table and key as the user wrote them."""

@@ -13,16 +13,9 @@ from flows.config import STAGES, PipelineConfig
 from flows.pipeline import STAGE_FLOWS, faces_pipeline
 
 
-def stage_parameters(cfg: PipelineConfig) -> dict[str, dict]:
-    return {
-        stage: getattr(cfg, "validate_" if stage == "validate" else stage).model_dump(mode="json")
-        for stage in STAGES
-    }
-
-
 def build_deployments(cfg: PipelineConfig) -> list:
     data_dir = str(Path(cfg.data_dir).expanduser().resolve())
-    stage_params = stage_parameters(cfg)
+    stage_params = {stage: c.model_dump(mode="json") for stage, c in cfg.stage_configs().items()}
     pipeline_params = {"data_dir": data_dir, **stage_params}
     nightly = faces_pipeline.to_deployment(
         "nightly",

@@ -36,6 +36,7 @@ from common.files import (
     atomic_write_text,
     atomic_write_with,
     config_hash,
+    fsync_dir,
     sha256_bytes,
     sha256_file,
 )
@@ -633,7 +634,7 @@ def swap_in(tmp: Path, final: Path) -> None:
     if final.exists():
         os.rename(final, old)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -656,14 +657,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_json(path: Path) -> dict:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from common.files import atomic_symlink, atomic_write_bytes, atomic_write_json, atomic_write_text
+from common.files import atomic_symlink, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
 from common.layout import DataRoot
 from preprocess.checks import REASONS
 from preprocess.validate_store import Provenance
@@ -189,14 +189,6 @@ def write_png(path: Path, bgr: np.ndarray) -> None:
     if not ok:
         raise OSError(f"could not encode {path}")
     atomic_write_bytes(path, data.tobytes())
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- rendering --------------------------------------------------------------------------------------

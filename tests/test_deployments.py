@@ -63,6 +63,18 @@ def run_cli(server: PrefectServer, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def assert_nightly_scheduled(server: PrefectServer, data_dir: Path) -> None:
+    """The nightly deployment carries its cron schedule, and the scheduler has created upcoming runs."""
+    nightly = server.deployment("faces-pipeline", "nightly")
+    schedule = nightly["schedules"][0]["schedule"]
+    assert (schedule["cron"], schedule["timezone"]) == ("15 4 * * *", "Europe/Berlin")
+    deadline = time.monotonic() + 60
+    while not (upcoming := server.scheduled_runs(nightly["id"])) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert upcoming, "the scheduler created no runs for the nightly deployment"
+    assert all(Path(r["parameters"]["data_dir"]) == data_dir for r in upcoming)
+
+
 def test_serve_run_and_schedule(server, tmp_path):
     data_dir = tmp_path / "data"
     with DemoGallery(n_faces=24, seed=3, crawl_delay=0.0) as gallery:
@@ -107,6 +119,8 @@ def test_serve_run_and_schedule(server, tmp_path):
             flow_run_id = UUID.search(started.stdout).group(0)
             run = server.wait_for_flow_run(flow_run_id, timeout=400)
             assert run["state"]["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
+            # While served (stopping `faces serve` pauses the schedule), the scheduler plans nightly runs.
+            assert_nightly_scheduled(server, data_dir)
         finally:
             serving.terminate()
             serving.wait(30)
@@ -119,16 +133,6 @@ def test_serve_run_and_schedule(server, tmp_path):
     run_dir = (data_dir / "runs" / "latest").resolve()
     assert json.loads((run_dir / "run.json").read_text())["config"]["steps"] == 6
     assert (data_dir / "exports" / run_dir.name / "grid.png").is_file()
-
-    # The nightly deployment carries its cron schedule, and the scheduler has created upcoming runs.
-    nightly = server.deployment("faces-pipeline", "nightly")
-    schedule = nightly["schedules"][0]["schedule"]
-    assert (schedule["cron"], schedule["timezone"]) == ("15 4 * * *", "Europe/Berlin")
-    deadline = time.monotonic() + 60
-    while not (upcoming := server.scheduled_runs(nightly["id"])) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert upcoming, "the scheduler created no runs for the nightly deployment"
-    assert all(Path(r["parameters"]["data_dir"]) == data_dir for r in upcoming)
 
 
 def test_prefect_yaml_deploys_to_a_process_pool(server):

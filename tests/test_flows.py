@@ -40,15 +40,7 @@ def tiny_config(data_dir, seed_url: str) -> PipelineConfig:
 
 
 def run(cfg: PipelineConfig, **kwargs):
-    params = dict(
-        data_dir=cfg.data_dir,
-        scrape=cfg.scrape,
-        preprocess=cfg.preprocess,
-        validate=cfg.validate_,
-        train=cfg.train,
-        export=cfg.export,
-    )
-    return faces_pipeline(**{**params, **kwargs}, return_state=True)
+    return faces_pipeline(data_dir=cfg.data_dir, **{**cfg.stage_configs(), **kwargs}, return_state=True)
 
 
 def task_states(state) -> dict[str, list[str]]:

@@ -49,14 +49,7 @@ def run_demo(data_dir: Path, steps: int | None = None, keep_serving: bool = Fals
             f"demo gallery at {gallery.base_url} (robots.txt, {gallery.n_faces} face photos and a few others)"
         )
         cfg = demo_config(data_dir.resolve(), gallery.seed_url, steps or DEMO_STEPS)
-        results = faces_pipeline(
-            data_dir=cfg.data_dir,
-            scrape=cfg.scrape,
-            preprocess=cfg.preprocess,
-            validate=cfg.validate_,
-            train=cfg.train,
-            export=cfg.export,
-        )
+        results = faces_pipeline(data_dir=cfg.data_dir, **cfg.stage_configs())
         if keep_serving:
             input(f"gallery still at {gallery.base_url}; press Enter to stop it ")
     _print_where(results, time.monotonic() - started)
