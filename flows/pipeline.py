@@ -9,10 +9,12 @@ from pathlib import Path
 
 from prefect import flow
 
+from common.layout import DataRoot
 from flows.config import STAGES, Stage
 from flows.tasks import (
     dask_task_runner,
     export_task,
+    main_output,
     preprocess_on_dask,
     preprocess_task,
     scrape_task,
@@ -49,15 +51,17 @@ def _ordered(stages: list[Stage]) -> list[Stage]:
 
 
 def run_stage(stage: Stage, config, data_dir: str, force: bool = False, **kwargs) -> dict:
-    """Run one stage's task; `force` also refreshes the task's cache."""
-    if stage == "preprocess" and config.dask_address:
+    """Run one stage's task; `force`, or a deleted output, also refreshes the task's cache."""
+    if stage == "scrape":
+        report = scrape_task(config, data_dir, force)
+    elif stage == "preprocess" and config.dask_address:
         on_dask = preprocess_on_dask.with_options(task_runner=dask_task_runner(config))
         report = on_dask(config, data_dir, force)
     else:
-        stage_task = (
-            STAGE_TASKS[stage].with_options(refresh_cache=force) if stage != "scrape" else scrape_task
-        )
-        report = stage_task(config, data_dir, force, **kwargs)
+        # A cached result whose output was deleted since is stale: run the stage again.
+        output = main_output(stage, DataRoot(data_dir), kwargs.get("run"))
+        refresh = force or not output.exists()
+        report = STAGE_TASKS[stage].with_options(refresh_cache=refresh)(config, data_dir, force, **kwargs)
     return {"counts": report.counts, "outputs": report.outputs, "seconds": round(report.seconds, 1)}
 
 

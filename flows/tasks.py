@@ -70,6 +70,18 @@ def content_cache_key(fingerprint: Callable[..., str]) -> Callable[[TaskRunConte
     return key
 
 
+def main_output(stage: str, root: DataRoot, run: str | None = None) -> Path:
+    """The file a finished stage leaves behind; when it is gone, the cached result is stale."""
+    if stage == "export":
+        run = run or (root.runs_dir / "latest").resolve().name
+        return root.export_dir(Path(run).name) / "export.json"
+    return {
+        "preprocess": root.faces_manifest,
+        "validate": root.latest_dataset / "images.npy",
+        "train": root.runs_dir / "latest" / "run.json",
+    }[stage]
+
+
 class ProgressArtifact:
     """Turns a stage's on_progress(done, total, message) calls into a Prefect progress artifact."""
 
@@ -117,17 +129,29 @@ def scrape_task(config: ScrapeConfig, data_dir: str, force: bool = False) -> Sta
     return _run(scrape_stage.crawl, "scrape", config, data_dir, force)
 
 
-@task(name="preprocess", cache_key_fn=content_cache_key(preprocess_stage.input_fingerprint), **RETRIES)
+@task(
+    name="preprocess",
+    cache_key_fn=content_cache_key(preprocess_stage.input_fingerprint),
+    **RETRIES,
+)
 def preprocess_task(config: PreprocessConfig, data_dir: str, force: bool = False) -> StageReport:
     return _run(preprocess_stage.preprocess, "preprocess", config, data_dir, force)
 
 
-@task(name="validate", cache_key_fn=content_cache_key(validate_stage.input_fingerprint), **RETRIES)
+@task(
+    name="validate",
+    cache_key_fn=content_cache_key(validate_stage.input_fingerprint),
+    **RETRIES,
+)
 def validate_task(config: ValidateConfig, data_dir: str, force: bool = False) -> StageReport:
     return _run(validate_stage.validate, "validate", config, data_dir, force)
 
 
-@task(name="train", cache_key_fn=content_cache_key(train_stage.input_fingerprint), **RETRIES)
+@task(
+    name="train",
+    cache_key_fn=content_cache_key(train_stage.input_fingerprint),
+    **RETRIES,
+)
 def train_task(config: TrainConfig, data_dir: str, force: bool = False) -> StageReport:
     return _run(train_stage.train, "train", config, data_dir, force)
 

@@ -1,6 +1,8 @@
 """faces-pipeline in process: all five stages on the demo gallery, caching, subsets, failures."""
 
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,6 +97,15 @@ def test_unchanged_inputs_are_cached(first_run):
     for stage in ("preprocess", "validate", "train", "export"):
         assert states[stage] == ["Cached"], states
     assert time.monotonic() - started < 60
+
+
+def test_deleted_outputs_are_rebuilt_not_served_from_the_cache(first_run):
+    cfg, state = first_run
+    export_dir = Path(state.result()["export"]["outputs"]["grid"]).parent
+    shutil.rmtree(export_dir)
+    again = run(cfg, stages=["export"])
+    assert task_states(again) == {"export": ["Completed"]}
+    assert (export_dir / "grid.png").is_file()
 
 
 def test_stage_subset_with_force_reruns_only_those(first_run):
