@@ -57,6 +57,11 @@ class TrainConfig(StrictModel):
         lt=1,
         description="Fixed-noise samples less diverse than this fraction of real ones: warning.",
     )
+    collapse_warmup: int = Field(
+        1000,
+        ge=0,
+        description="Steps before never-diverse samples count as collapsed (a fresh G's are alike).",
+    )
     early_stop: bool = Field(False, description="Stop (keeping the checkpoints) on a collapse warning.")
     tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
     progress_bar: bool = Field(True, description="A console progress bar, when stderr is a terminal.")

@@ -32,6 +32,7 @@ class Watch:
         self.rows: deque[tuple[float, float]] = deque(maxlen=config.watch_window)
         self.overpowered = False
         self.collapsed = False
+        self.was_diverse = False
         self.warnings: list[str] = []
 
     def losses(self, step: int, loss_d: float, loss_g: float) -> bool:
@@ -54,7 +55,11 @@ class Watch:
     def samples(self, step: int, fake: torch.Tensor, real: torch.Tensor) -> float:
         """Diversity of the fixed-noise samples relative to real images; warns when they collapse."""
         ratio = diversity(fake) / max(diversity(real), 1e-8)
-        now = ratio < self.config.collapse_diversity
+        low = ratio < self.config.collapse_diversity
+        self.was_diverse = self.was_diverse or not low
+        # A freshly initialised G draws near-identical images: that is no collapse until samples have
+        # once been diverse, or training is past its warm-up and they still are not.
+        now = low and (self.was_diverse or step >= self.config.collapse_warmup)
         if now and not self.collapsed:
             self._warn(
                 f"step {step}: mode collapse: the fixed-noise samples are nearly identical (diversity "

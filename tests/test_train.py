@@ -221,13 +221,13 @@ def test_warm_start_continues_from_the_previous_run_and_records_it(tmp_path):
 
 def test_collapse_warning_stops_early_when_asked(root):
     # Demanding samples as diverse as real photos flags every grid: the warning fires at the first.
-    report = train(tiny(steps=12, collapse_diversity=0.99, early_stop=True), root)
+    report = train(tiny(steps=12, collapse_diversity=0.99, collapse_warmup=0, early_stop=True), root)
     assert report.counts["steps"] == 4 and report.counts["warnings"] >= 1
     assert any("mode collapse" in n for n in report.notes)
     run_dir = Path(report.outputs["run_dir"])
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped_early"
     assert rows(run_dir)[-1]["collapsed"] is True
-    assert train(tiny(steps=12, collapse_diversity=0.99, early_stop=True), root).skipped
+    assert train(tiny(steps=12, collapse_diversity=0.99, collapse_warmup=0, early_stop=True), root).skipped
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

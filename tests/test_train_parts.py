@@ -93,3 +93,13 @@ def test_command_line_config_names_the_bad_key(tmp_path):
         load_train_config(path, ["batch_size=0"])
     with pytest.raises(BadInputError, match=r"\[train\] stepz"):
         load_train_config(Path(path), ["stepz=3"])
+
+
+def test_a_fresh_generators_alike_samples_are_no_collapse_until_the_warmup_ends():
+    watch = Watch(TrainConfig(collapse_warmup=100))
+    real = torch.rand(16, 3, 8, 8) * 2 - 1
+    alike = real[:1].expand(16, -1, -1, -1) + 0.001 * torch.randn(16, 3, 8, 8)
+    watch.samples(50, alike, real)
+    assert not watch.collapsed and not watch.warnings
+    watch.samples(100, alike, real)
+    assert watch.collapsed and "mode collapse" in watch.warnings[0]

@@ -46,7 +46,8 @@ def run_demo(data_dir: Path, steps: int | None = None, keep_serving: bool = Fals
     started = time.monotonic()
     with DemoGallery() as gallery:
         print(
-            f"demo gallery at {gallery.base_url} (robots.txt, {gallery.n_faces} face photos and a few others)"
+            f"demo gallery at {gallery.base_url} ({gallery.n_faces} face photos and a few others)",
+            flush=True,  # before Prefect's log lines, also when piped
         )
         cfg = demo_config(data_dir.resolve(), gallery.seed_url, steps or DEMO_STEPS)
         results = faces_pipeline(data_dir=cfg.data_dir, **cfg.stage_configs())
