@@ -60,8 +60,10 @@ def cmd_quarantine(args: argparse.Namespace) -> None:
         print(f"released {crop_id}; run `faces validate` to build a snapshot that includes it")
     if args.quarantine:
         reason = None if args.quarantine == "all" else args.quarantine
-        for row in validate.list_quarantine(root, reason=reason):
-            print("\t".join(str(v) for v in row.values()) if isinstance(row, dict) else row)
+        rows = validate.list_quarantine(root, reason=reason)
+        for row in rows:
+            print(f"{row['crop_id']}\t{row['reasons']}\t{row['detail']}\t{row['path']}")
+        print(f"{len(rows)} quarantined crop(s); release one with `faces validate --release <crop_id>`")
 
 
 def cmd_forget(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
 """faces.toml -> PipelineConfig: one table per stage, validated by the same models the flows take."""
 
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +29,7 @@ class ScheduleConfig(StrictModel):
         from cronsim import CronSim, CronSimError  # Prefect's own cron parser
 
         try:
-            CronSim(value, __import__("datetime").datetime(2000, 1, 1))
+            CronSim(value, datetime(2000, 1, 1))
         except CronSimError as e:
             raise ValueError(f"not a cron expression ({e})") from None
         return value
