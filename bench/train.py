@@ -7,11 +7,11 @@ shifts up to --images, written once as PNG files (for the reference) and as imag
     python bench/train.py                              # CPU here: widths 32 and 64, batch 64, 64x64
     python bench/train.py --device cuda --batch 128 --widths 64 --steps 200 --warmup 20 [--compile] [--swd]
 
-Both trainers run --warmup steps first (cuDNN autotuning, compilation, worker start-up), then
---steps timed steps, in alternating --rounds so that a shared machine's changing load falls on both.
-The reference's time includes its data loading, as that is part of how it trains; ours includes its
-on-device batching. `--swd` also prints the SWD of both trainers' samples after those steps
-(models.metrics), so speed is not bought with quality.
+Both trainers run --warmup steps first (cuDNN autotuning, compilation, our CUDA graph capture,
+worker start-up), then --steps timed steps, in alternating --rounds so that a shared machine's
+changing load falls on both. The reference's time includes its data loading, as that is part of how
+it trains; ours includes its on-device batching. `--swd` also prints the SWD of both trainers'
+samples after those steps (models.metrics), so speed is not bought with quality.
 """
 
 import argparse
@@ -56,17 +56,20 @@ def face_crops(photos: Path, size: int, count: int, seed: int = 0) -> np.ndarray
     files = sorted(photos.glob("*/*.jpg"))
     if not files:
         raise SystemExit(f"no photos under {photos}; pass --photos")
+    photos_rgb = []  # each photo decoded once: a large --images repeats them many times
+    for path in files:
+        with Image.open(path) as im:
+            photos_rgb.append(im.convert("RGB"))
     rng = np.random.default_rng(seed)
     out = np.empty((count, size, size, 3), dtype=np.uint8)
     for i in range(count):
-        path = files[i % len(files)]
-        cx, cy = pupils.get(path.name, mean_eye)
+        photo = photos_rgb[i % len(files)]
+        cx, cy = pupils.get(files[i % len(files)].name, mean_eye)
         side = 200 + (rng.integers(-8, 9) if i >= len(files) else 0)  # repeats: slightly other crops
         dx, dy = rng.integers(-4, 5, 2) if i >= len(files) else (0, 0)
         left, top = cx - side / 2 + dx, cy - 0.38 * side + dy
-        with Image.open(path) as im:
-            crop = im.convert("RGB").crop((int(left), int(top), int(left + side), int(top + side)))
-            out[i] = np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS))
+        crop = photo.crop((int(left), int(top), int(left + side), int(top + side)))
+        out[i] = np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS))
     return out
 
 
@@ -247,7 +250,8 @@ def main() -> None:
             if not args.skip_reference:
                 reference = Reference(config, image_folder, device)
                 steps["reference"] = reference.train_step
-            row = {"width": width, "precision": trainer.precision} | race(steps, device, args)
+            mode = trainer.precision + (", CUDA graph" if trainer.use_graphs else "")
+            row = {"width": width, "precision": mode} | race(steps, device, args)
             print(f"width {width}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in row.items() if k in steps))
             if args.swd:
                 from models.metrics import sliced_wasserstein

@@ -35,6 +35,11 @@ class TrainConfig(StrictModel):
     )
     channels_last: bool = Field(True, description="NHWC memory layout on CUDA (faster convolutions).")
     compile: bool = Field(False, description="torch.compile the networks (CUDA only).")
+    cuda_graphs: bool = Field(
+        True,
+        description="Replay each training step as one CUDA graph (one GPU, bf16 or fp32): "
+        "small GANs spend most of a step launching kernels, and a replay launches them all at once.",
+    )
     sync_batchnorm: bool = Field(True, description="SyncBatchNorm across processes (CUDA only).")
     cpu_threads: int = Field(
         0,

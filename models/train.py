@@ -82,6 +82,7 @@ RUNTIME_KEYS = frozenset(
         "precision",
         "channels_last",
         "compile",
+        "cuda_graphs",
         "sync_batchnorm",
         "cpu_threads",
         "log_every",
@@ -98,6 +99,7 @@ RUNTIME_KEYS = frozenset(
         "progress_bar",
     }
 )
+GRAPH_WARMUP_STEPS = 3  # eager steps before a CUDA graph is captured (PyTorch's docs use three)
 GRID_SAMPLES = 64  # an 8x8 grid of the fixed noise
 EMA_STATS_SAMPLES, EMA_STATS_BATCH = 512, 128  # noise that measures the EMA generator's batch-norm statistics
 DONE = ("finished", "stopped_early")
@@ -201,6 +203,15 @@ def generator_loss(kind: str, logits: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
+def _on_side_stream(stream: "torch.cuda.Stream") -> Iterator[None]:
+    """Run the block on `stream`, ordered after and before the current stream's work."""
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        yield
+    torch.cuda.current_stream().wait_stream(stream)
+
+
+@contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """The module's weights need no gradients inside the block (gradients still flow through it)."""
     module.requires_grad_(False)
@@ -230,7 +241,9 @@ def pick_device(name: str, dist: ddp.Dist) -> torch.device:
         raise BadInputError(
             f'[train] device = "{name}" but no CUDA GPU is visible; set device = "auto" or "cpu"'
         )
-    return torch.device("cuda", dist.local_rank) if dist.enabled else torch.device(name)
+    if dist.enabled:  # torchrun: one process per GPU
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cuda" if name == "auto" else name)
 
 
 def pick_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
@@ -271,7 +284,16 @@ class Trainer:
         self.device = pick_device(config.device, dist)
         self.amp_dtype, self.precision = pick_precision(config.precision, self.device)
         cuda = self.device.type == "cuda"
-        self.memory_format = torch.channels_last if cuda and config.channels_last else torch.contiguous_format
+        # channels_last weights trip a stride check in inductor's convolution backward (PyTorch 2.11),
+        # and compiled code picks its own layouts anyway.
+        channels_last = cuda and config.channels_last and not config.compile
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Graphs replay fixed kernels on fixed memory: not with fp16's data-dependent loss scaling
+        # (it reads the scale back) nor DDP's collectives.
+        self.use_graphs = cuda and config.cuda_graphs and self.precision != "fp16" and not dist.enabled
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._side_stream = torch.cuda.Stream(self.device) if self.use_graphs else None
+        self._eager_steps = 0  # since the optimisers last changed: a graph is captured after a few
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -353,6 +375,8 @@ class Trainer:
         self.g = ddp.wrap(self.g_raw, device, self.dist, cfg.sync_batchnorm, cfg.compile)
         self.d = ddp.wrap(self.d_raw, device, self.dist, cfg.sync_batchnorm, cfg.compile)
         fused = {"fused": True} if device.type == "cuda" else {}  # one kernel per step for all parameters
+        if self.use_graphs:
+            fused["capturable"] = True  # the step count lives on the GPU, so a replay advances it
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.g_raw.parameters(), lr=cfg.lr_g, betas=betas, **fused)
         self.opt_d = torch.optim.Adam(self.d_raw.parameters(), lr=cfg.lr_d, betas=betas, **fused)
@@ -365,15 +389,55 @@ class Trainer:
         return torch.randn(n, self.config.nz, 1, 1, generator=g).to(self.device)
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        # Autocast's cache of cast weights would be baked into a captured graph and go stale.
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=not self.use_graphs,
+        )
 
     # -- one step -------------------------------------------------------------------------------
 
     def train_step(self, measure: bool = False) -> dict[str, torch.Tensor]:
-        """One D update and one G update. With `measure`, also returns the figures to log (as tensors)."""
-        cfg = self.config
+        """One D update and one G update. With `measure`, also returns the figures to log (as tensors).
+
+        With CUDA graphs, the first steps run eagerly on a side stream (warming up cuDNN and the
+        optimisers' state), then one step is captured and every later step replays it on new inputs.
+        """
         real = self.data.batch(self.step, self.gen)
-        z = torch.randn(len(real), cfg.nz, 1, 1, device=self.device, generator=self.gen)
+        z = torch.randn(len(real), self.config.nz, 1, 1, device=self.device, generator=self.gen)
+        if self._graph is not None:
+            self._inputs[0].copy_(real)
+            self._inputs[1].copy_(z)
+            self._graph.replay()
+            figures = {k: v.clone() for k, v in self._outputs.items()} if measure else {}
+        elif self.use_graphs:
+            with _on_side_stream(self._side_stream):
+                figures = self._update(real, z, measure)
+            self._eager_steps += 1
+            if self._eager_steps >= GRAPH_WARMUP_STEPS:
+                self._capture(real, z)
+        else:
+            figures = self._update(real, z, measure)
+        self._update_ema()
+        self.step += 1
+        return figures
+
+    def _capture(self, real: torch.Tensor, z: torch.Tensor) -> None:
+        """Record one whole update (with its figures) as a CUDA graph over static input buffers."""
+        self._inputs = (real.clone(memory_format=torch.preserve_format), z.clone())
+        self._graph = torch.cuda.CUDAGraph()
+        # thread_local: a CUDA call from another thread (a Prefect worker, say) cannot spoil the capture.
+        with torch.cuda.graph(self._graph, stream=self._side_stream, capture_error_mode="thread_local"):
+            self._outputs = self._update(*self._inputs, measure=True)
+
+    def _drop_graph(self) -> None:
+        """Forget the captured step: the optimisers' state tensors are about to be replaced."""
+        self._graph, self._eager_steps = None, 0
+
+    def _update(self, real: torch.Tensor, z: torch.Tensor, measure: bool) -> dict[str, torch.Tensor]:
+        cfg = self.config
         with self.autocast():
             fake = self.g(z)
 
@@ -402,8 +466,6 @@ class Trainer:
             self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt_g)
         self.scaler.update()
-        self._update_ema()
-        self.step += 1
 
         loss_d = (loss_real + loss_fake).detach()
         self._finite &= torch.isfinite(loss_d + loss_g.detach())  # read back only at boundaries
@@ -495,6 +557,7 @@ class Trainer:
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         """Everything a checkpoint holds, so training continues exactly where it stopped."""
+        self._drop_graph()
         self.load_networks(ckpt)
         for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
             opt.load_state_dict(_match_optimizer_flags(ckpt[key], opt))
@@ -507,8 +570,9 @@ class Trainer:
             self.best_swd = float(metrics["best_swd"])
         rng = ckpt["rng"]
         if rng["device_type"] == self.device.type and rng["world_size"] == self.dist.world_size:
-            self.gen.set_state(rng["generators"][self.dist.rank])
-            torch.set_rng_state(rng["torch"])
+            # RNG states are CPU byte tensors, whatever map_location moved them to.
+            self.gen.set_state(rng["generators"][self.dist.rank].cpu())
+            torch.set_rng_state(rng["torch"].cpu())
         else:  # another device kind or process count: a fresh, still reproducible stream
             self.gen.manual_seed(shard_seed(self.config.seed, self.dist.rank, salt=self.step))
             self.notes.append(
