@@ -292,6 +292,8 @@ class Trainer:
         # (it reads the scale back) nor DDP's collectives.
         self.use_graphs = cuda and config.cuda_graphs and self.precision != "fp16" and not dist.enabled
         self._graph: torch.cuda.CUDAGraph | None = None
+        self._inputs: tuple[torch.Tensor, ...] = ()  # the graph's input buffers: real batch, noise
+        self._outputs: dict[str, torch.Tensor] = {}  # the figures each replay writes
         self._side_stream = torch.cuda.Stream(self.device) if self.use_graphs else None
         self._eager_steps = 0  # since the optimisers last changed: a graph is captured after a few
         if cuda:

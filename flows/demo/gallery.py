@@ -344,12 +344,16 @@ class _Handler(BaseHTTPRequestHandler):
         resource = gallery._resources.get(unquote(urlsplit(self.path).path))
         if resource is None:
             status, body = 404, b"Not found\n"
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
         else:
             status = 304 if self._not_modified(resource, gallery.last_modified) else 200
             body = b"" if status == 304 else resource.body
-            self.send_response(status)
+        # Logged before answering: a client that has its response finds its request in the log.
+        agent = self.headers.get("User-Agent", "")
+        gallery._record(Request(self.path, arrived, self.command, status, agent))
+        self.send_response(status)
+        if resource is None:
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        else:
             self.send_header("Content-Type", resource.content_type)
             self.send_header("ETag", resource.etag)
             self.send_header("Last-Modified", format_datetime(gallery.last_modified, usegmt=True))
@@ -358,8 +362,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if send_body and body:
             self.wfile.write(body)
-        agent = self.headers.get("User-Agent", "")
-        gallery._record(Request(self.path, arrived, self.command, status, agent))
 
     def _not_modified(self, resource: _Resource, last_modified: datetime) -> bool:
         """RFC 9110: If-None-Match wins over If-Modified-Since when both are sent."""
