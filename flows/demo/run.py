@@ -1,5 +1,6 @@
 """`faces demo`: the whole pipeline, offline, against the demo gallery on 127.0.0.1, CPU-sized."""
 
+import os
 import time
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def demo_config(data_dir: Path, seed_url: str, steps: int) -> PipelineConfig:
 
 
 def run_demo(data_dir: Path, steps: int | None = None, keep_serving: bool = False) -> dict:
+    # The demo is offline: no usage telemetry from Prefect's client or its temporary server.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import faces_pipeline  # imports torch and Prefect: after argument parsing
 
     started = time.monotonic()
