@@ -16,8 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.metrics import memorisation, ms_ssim_diversity, sliced_wasserstein, swd_noise_floor  # noqa: E402
-from tests.test_metrics import face_crops  # noqa: E402
+from bench.photos import face_crops  # noqa: E402
+from models.memorisation import memorisation  # noqa: E402
+from models.metrics import sliced_wasserstein, swd_noise_floor  # noqa: E402
+from models.ms_ssim import ms_ssim_diversity  # noqa: E402
 
 
 def enlarged(crops: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -45,7 +47,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
-    crops = face_crops(64)
+    crops = face_crops(size=64)  # one per photo: 204
     floor = timed("SWD noise floor, 204 crops (102 per half), 64 px", lambda: swd_noise_floor(crops))
     print(f"  levels {[round(v, 1) for v in floor['levels']]} mean {floor['mean']:.1f}")
     for n in (256, 1024):

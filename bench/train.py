@@ -15,65 +15,41 @@ samples after those steps (models.metrics), so speed is not bought with quality.
 """
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-# Run as `python bench/train.py`, this folder comes first on sys.path and would hide the packages.
+# Run as `python bench/train.py`, this folder comes first on sys.path and would hide the packages:
+# the project's root takes its place.
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.photos import PHOTOS, face_crops  # noqa: E402
 from common.files import atomic_symlink  # noqa: E402
 from common.layout import DataRoot  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
 from models.data import to_uint8  # noqa: E402
 from models.dcgan import build_discriminator, build_generator  # noqa: E402
-from models.train import Trainer  # noqa: E402
-
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
-
+from models.trainer import Trainer  # noqa: E402
 
 # --- data ------------------------------------------------------------------------------------------
 
 
-def face_crops(photos: Path, size: int, count: int, seed: int = 0) -> np.ndarray:
-    """Square crops around the eyes (the pupils file where it has the photo, else its mean), resized."""
-    pupils = {}
-    with open(photos / "webmorph-neutral" / "pupils.csv") as f:
-        for row in csv.DictReader(f):
-            pupils[row["file"]] = (
-                (float(row["pupil1_x"]) + float(row["pupil2_x"])) / 2,
-                float(row["pupil1_y"]),
-            )
-    mean_eye = tuple(np.mean(list(pupils.values()), axis=0))
-    files = sorted(photos.glob("*/*.jpg"))
-    if not files:
-        raise SystemExit(f"no photos under {photos}; pass --photos")
-    photos_rgb = []  # each photo decoded once: a large --images repeats them many times
-    for path in files:
-        with Image.open(path) as im:
-            photos_rgb.append(im.convert("RGB"))
-    rng = np.random.default_rng(seed)
-    out = np.empty((count, size, size, 3), dtype=np.uint8)
-    for i in range(count):
-        photo = photos_rgb[i % len(files)]
-        cx, cy = pupils.get(files[i % len(files)].name, mean_eye)
-        side = 200 + (rng.integers(-8, 9) if i >= len(files) else 0)  # repeats: slightly other crops
-        dx, dy = rng.integers(-4, 5, 2) if i >= len(files) else (0, 0)
-        left, top = cx - side / 2 + dx, cy - 0.38 * side + dy
-        crop = photo.crop((int(left), int(top), int(left + side), int(top + side)))
-        out[i] = np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS))
-    return out
+class BenchData(NamedTuple):
+    images: np.ndarray
+    npy: Path  # images.npy in a data root, for ours
+    folder: Path  # PNG files for ImageFolder, for the reference
+    where: Path  # the temporary folder the trainers write into
 
 
-def write_datasets(images: np.ndarray, where: Path) -> tuple[Path, Path]:
+def write_datasets(images: np.ndarray, where: Path) -> BenchData:
     """images.npy in a data root (ours) and a folder of PNG files for ImageFolder (the reference)."""
     root = DataRoot(where / "data")
     dataset = root.dataset_dir("bench")
@@ -84,7 +60,7 @@ def write_datasets(images: np.ndarray, where: Path) -> tuple[Path, Path]:
     pngs.mkdir(parents=True)
     for i, image in enumerate(images):
         Image.fromarray(image).save(pngs / f"{i:05d}.png")
-    return dataset / "images.npy", pngs.parent
+    return BenchData(images, dataset / "images.npy", pngs.parent, where)
 
 
 # --- the reference-style trainer (pytorch/examples dcgan/main.py) -----------------------------------
@@ -198,7 +174,7 @@ def race(steps: dict, device: torch.device, args: argparse.Namespace) -> dict[st
     return {name: per_round * args.rounds * args.batch / seconds for name, seconds in total.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     parser.add_argument("--device", default="auto")
@@ -213,56 +189,66 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile our networks (CUDA)")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--swd", action="store_true", help="also compare sample quality (SWD) after training")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def describe(device: torch.device, args: argparse.Namespace) -> str:
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    return (
+        f"device: {name}; batch {args.batch}; {args.image_size}x{args.image_size}; {args.images} images; "
+        f"{args.warmup} warm-up + {args.steps} timed steps"
+    )
+
+
+def bench_width(width: int, data: BenchData, device: torch.device, args: argparse.Namespace) -> dict:
+    """Both trainers at one network width: images per second, and with --swd their samples' SWD."""
+    config = TrainConfig(
+        image_size=args.image_size,
+        ngf=width,
+        ndf=width,
+        batch_size=args.batch,
+        device=str(device),
+        compile=args.compile,
+        progress_bar=False,
+        tensorboard=False,
+        eval_samples=min(1024, args.images),
+    )
+    trainer = Trainer(config, data.npy, data.where / f"ours-{width}", "bench")
+    steps = {"ours": trainer.train_step}
+    if not args.skip_reference:
+        reference = Reference(config, data.folder, device)
+        steps["reference"] = reference.train_step
+    mode = trainer.precision + (", CUDA graph" if trainer.use_graphs else "")
+    row = {"width": width, "precision": mode} | race(steps, device, args)
+    print(f"width {width}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in row.items() if k in steps))
+    if args.swd:
+        real = data.images[: min(1024, len(data.images))]
+        row["swd_ours"] = swd(real, to_uint8(trainer.sample(trainer.eval_noise)))
+        if "reference" in row:
+            row["swd_reference"] = swd(real, reference.samples(len(real)))
+    return row
+
+
+def swd(real: np.ndarray, fake: np.ndarray) -> float:
+    from models.metrics import sliced_wasserstein
+
+    return sliced_wasserstein(real, fake)["mean"]
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        where = Path(tmp)
-        images = face_crops(args.photos, args.image_size, args.images)
-        images_npy, image_folder = write_datasets(images, where)
-        name = (
-            torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else f"CPU, {torch.get_num_threads()} threads"
-        )
-        print(
-            f"device: {name}; batch {args.batch}; {args.image_size}x{args.image_size}; {args.images} images; "
-            f"{args.warmup} warm-up + {args.steps} timed steps"
-        )
-        table = []
-        for width in args.widths:
-            config = TrainConfig(
-                image_size=args.image_size,
-                ngf=width,
-                ndf=width,
-                batch_size=args.batch,
-                device=str(device),
-                compile=args.compile,
-                progress_bar=False,
-                tensorboard=False,
-                eval_samples=min(1024, args.images),
-            )
-            trainer = Trainer(config, images_npy, where / f"ours-{width}", "bench")
-            steps = {"ours": trainer.train_step}
-            if not args.skip_reference:
-                reference = Reference(config, image_folder, device)
-                steps["reference"] = reference.train_step
-            mode = trainer.precision + (", CUDA graph" if trainer.use_graphs else "")
-            row = {"width": width, "precision": mode} | race(steps, device, args)
-            print(f"width {width}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in row.items() if k in steps))
-            if args.swd:
-                from models.metrics import sliced_wasserstein
-
-                real = images[: min(1024, len(images))]
-                row["swd_ours"] = sliced_wasserstein(real, to_uint8(trainer.sample(trainer.eval_noise)))[
-                    "mean"
-                ]
-                if "reference" in row:
-                    row["swd_reference"] = sliced_wasserstein(real, reference.samples(len(real)))["mean"]
-            table.append(row)
+        data = write_datasets(face_crops(args.photos, args.image_size, args.images), Path(tmp))
+        print(describe(device, args))
+        table = [bench_width(width, data, device, args) for width in args.widths]
         print_table(table, args.swd)
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from preprocess.checks import NearDuplicateIndex, phash
-from preprocess.config import ValidateConfig
-from preprocess.validate import validate
+from validate.checks import NearDuplicateIndex, phash
+from validate.config import ValidateConfig
+from validate.stage import validate
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "photos"
 BASE = 96  # faces are cut at this size, then jittered crops of them are scaled to 64

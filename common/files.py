@@ -7,6 +7,7 @@ same directory, flushed to disk, then renamed over the target (rename is atomic 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -116,3 +117,63 @@ def tree_fingerprint(paths: list[Path]) -> str:
             continue
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from disk, or {} when the file is missing or unreadable (a record not yet written)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+
+
+def pid_alive(pid: int | str) -> bool:
+    """Whether process `pid` still runs: temporary folders named after a dead process are leftovers."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- whole folders: built beside their final place, then swapped in -----------------------------------
+
+FOLDER_TMP, FOLDER_OLD = ".tmp-", ".old-"
+
+
+def temp_folder_for(final: Path) -> Path:
+    """An empty folder beside `final` to build its next version in, named after this process."""
+    tmp = final.parent / f"{FOLDER_TMP}{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def swap_folder(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp`: the old folder is moved aside first and removed only after the swap.
+
+    Temporary files are created private (0600); a finished folder is meant to be shared, so its files
+    get the umask's permissions first.
+    """
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~_UMASK)
+    old = final.parent / f"{FOLDER_OLD}{final.name}"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder_swap(final: Path) -> None:
+    """Undo what a killed swap_folder left: the old folder put back, dead processes' temp folders gone."""
+    old = final.parent / f"{FOLDER_OLD}{final.name}"
+    if old.is_dir() and not final.exists():
+        os.rename(old, final)
+    for leftover in final.parent.glob(f"{FOLDER_TMP}{final.name}-*") if final.parent.is_dir() else []:
+        if not pid_alive(leftover.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -48,6 +48,11 @@ class DataRoot:
     def dataset_dir(self, dataset_id: str) -> Path:
         return self.datasets_dir / dataset_id
 
+    @property
+    def validate_store(self) -> Path:
+        """Cached measurements, the quarantine and releases (validate.store owns its schema)."""
+        return self.datasets_dir / "validate.sqlite"
+
     # train
     @property
     def runs_dir(self) -> Path:
@@ -56,6 +61,11 @@ class DataRoot:
     def run_dir(self, run: str) -> Path:
         return self.runs_dir / run
 
+    @property
+    def latest_run(self) -> Path:
+        """A symlink to the newest finished run."""
+        return self.runs_dir / "latest"
+
     # export
     @property
     def exports_dir(self) -> Path:
@@ -63,3 +73,21 @@ class DataRoot:
 
     def export_dir(self, run: str) -> Path:
         return self.exports_dir / run
+
+    # what each stage leaves behind when it has finished: when it is gone, a cached result is stale
+    def main_output(self, stage: str, run: str | None = None) -> Path:
+        """The file whose presence says `stage` has finished here (scrape: its manifest)."""
+        if stage == "export":
+            return self.export_dir(Path(run).name if run else self.latest_run.resolve().name) / "export.json"
+        return {
+            "scrape": self.raw_manifest,
+            "preprocess": self.faces_manifest,
+            "validate": self.latest_dataset / "images.npy",
+            "train": self.latest_run / "run.json",
+        }[stage]
+
+
+def list_grids(run_dir: Path) -> list[tuple[int, Path]]:
+    """A run's fixed-noise grids, `grids/step-<n>.png`, as (step, path) in step order."""
+    found = ((p.stem.removeprefix("step-"), p) for p in (run_dir / "grids").glob("step-*.png"))
+    return sorted((int(step), p) for step, p in found if step.isdigit())

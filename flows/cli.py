@@ -52,15 +52,15 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
 def cmd_quarantine(args: argparse.Namespace) -> None:
     from common.layout import DataRoot
-    from preprocess import validate
+    from validate import quarantine
 
     root = DataRoot(_load(args).data_dir)
     for crop_id in args.release or []:
-        validate.release(crop_id, root)
+        quarantine.release(crop_id, root)
         print(f"released {crop_id}; run `faces validate` to build a snapshot that includes it")
     if args.quarantine:
         reason = None if args.quarantine == "all" else args.quarantine
-        rows = validate.list_quarantine(root, reason=reason)
+        rows = quarantine.list_quarantine(root, reason=reason)
         for row in rows:
             print(f"{row['crop_id']}\t{row['reasons']}\t{row['detail']}\t{row['path']}")
         print(f"{len(rows)} quarantined crop(s); release one with `faces validate --release <crop_id>`")
@@ -68,7 +68,7 @@ def cmd_quarantine(args: argparse.Namespace) -> None:
 
 def cmd_forget(args: argparse.Namespace) -> None:
     from common.layout import DataRoot
-    from preprocess.takedown import forget
+    from validate.takedown import forget
 
     cfg = _load(args)
     report = forget(args.key, DataRoot(cfg.data_dir), cfg.validate_)
@@ -76,7 +76,7 @@ def cmd_forget(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from models.inference import sample
+    from export.inference import sample
 
     paths = sample(args.model, n=args.n, seed=args.seed, out_dir=args.out)
     print(f"wrote {len(paths)} samples to {args.out}")
@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from flows.demo.run import run_demo
+    from demo.run import run_demo
 
     run_demo(Path(args.data_dir or "demo-data"), steps=args.steps, keep_serving=args.keep_serving)
 

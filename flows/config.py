@@ -1,17 +1,17 @@
 """faces.toml -> PipelineConfig: one table per stage, validated by the same models the flows take."""
 
-import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from common.config import StrictModel
-from common.report import BadInputError
-from models.config import ExportConfig, TrainConfig
-from preprocess.config import PreprocessConfig, ValidateConfig
+from common.config import StrictModel, parse_model, read_toml
+from export.config import ExportConfig
+from models.config import TrainConfig
+from preprocess.config import PreprocessConfig
 from scraper.config import ScrapeConfig
+from validate.config import ValidateConfig
 
 Stage = Literal["scrape", "preprocess", "validate", "train", "export"]
 STAGES: tuple[Stage, ...] = ("scrape", "preprocess", "validate", "train", "export")
@@ -57,44 +57,33 @@ class PipelineConfig(StrictModel):
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
 
+    @model_validator(mode="after")
+    def _stages_agree(self) -> "PipelineConfig":
+        """Settings that must match across stages are checked here, before any stage runs."""
+        crop, size = self.preprocess.crop_size, self.validate_.image_size
+        if crop != size:
+            raise ValueError(
+                f"[preprocess] crop_size = {crop} but [validate] image_size = {size}: validate would "
+                f"quarantine every crop; set both to the same size"
+            )
+        if not self.data_dir.strip():
+            raise ValueError('data_dir is empty; give a folder such as "data"')
+        return self
+
     def stage_configs(self) -> dict[Stage, StrictModel]:
         """Each stage's settings, keyed by stage name: the flows' parameters of the same names."""
         return {stage: getattr(self, "validate_" if stage == "validate" else stage) for stage in STAGES}
 
 
-def describe_errors(error: ValidationError, source: str) -> str:
-    """One line per problem, naming the table and key as the user wrote them."""
-    lines = []
-    for e in error.errors():
-        loc = [str(p) for p in e["loc"]]
-        where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0] if loc else "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key {where}; check its spelling against docs/DESIGN.md")
-        else:
-            got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-            lines.append(f"{source}: {where}: {e['msg']}{got}")
-    return "\n".join(lines)
-
-
 def parse_config(data: dict, source: str = "config") -> PipelineConfig:
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        raise BadInputError(describe_errors(e, source)) from None
+    return parse_model(PipelineConfig, data, source)
 
 
 def load_config(path: str | Path | None) -> PipelineConfig:
     """Read faces.toml; None gives the built-in defaults. Errors name the file, table and key."""
     if path is None:
         return PipelineConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"config file {path} does not exist; pass an existing faces.toml with --config")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise BadInputError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
-    return parse_config(data, str(path))
+    return parse_config(read_toml(path), str(path))
 
 
 def _toml_value(value) -> str:

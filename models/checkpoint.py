@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from common.files import atomic_write_with
+from models import ddp
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     if missing:
         raise ValueError(f"checkpoint lacks {missing}")
     return atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_step_checkpoint(directory: Path, state: dict[str, Any], keep: int, best: bool) -> Path:
+    """Write step-<n>.pt for the state's step, keep the newest `keep`, and copy it to best.pt if `best`."""
+    path = save_checkpoint(step_path(directory, state["step"]), state)
+    prune(directory, keep)
+    if best:
+        copy_checkpoint(path, best_path(directory))
+    return path
 
 
 def copy_checkpoint(src: Path, dst: Path) -> Path:
@@ -95,6 +105,30 @@ def load_latest(directory: Path, map_location: str | torch.device = "cpu") -> tu
             log.warning("%s; moved to %s, trying the previous checkpoint", e, aside.name)
             path.replace(aside)
     return None
+
+
+def load_latest_everywhere(
+    directory: Path, device: torch.device, dist: ddp.Dist
+) -> tuple[dict[str, Any], Path] | None:
+    """The newest good checkpoint in `directory`, the same one in every process under torchrun.
+
+    Rank 0 picks it (setting damaged ones aside); the others load the file it picked.
+    """
+    found = load_latest(directory, map_location=device) if dist.is_main else None
+    path = ddp.broadcast(found[1] if found else None, dist)
+    if path is None or found is not None:
+        return found
+    return load_checkpoint(path, map_location=device), path
+
+
+def match_optimizer_flags(saved: dict[str, Any], opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """A saved optimiser state with `opt`'s kernel flags (a CUDA run resumed on the CPU, or back)."""
+    flags = ("fused", "foreach", "capturable")
+    groups = [
+        {**group, **{k: current.get(k) for k in flags}}
+        for group, current in zip(saved["param_groups"], opt.param_groups, strict=True)
+    ]
+    return {**saved, "param_groups": groups}
 
 
 def prune(directory: Path, keep: int) -> list[Path]:

@@ -8,7 +8,7 @@ from common.config import StrictModel
 class TrainConfig(StrictModel):
     """The GAN and how it trains. Table `[train]` in faces.toml. Defaults: the 64×64 DCGAN reference."""
 
-    # What is learned: these (with the dataset) name the run, see models.train.run_name.
+    # What is learned: these (with the dataset) name the run, see models.runs.run_name.
     model: Literal["dcgan", "mlp"] = "dcgan"
     image_size: Literal[32, 64, 128] = 64
     channels: Literal[1, 3] = 3
@@ -70,26 +70,3 @@ class TrainConfig(StrictModel):
     early_stop: bool = Field(False, description="Stop (keeping the checkpoints) on a collapse warning.")
     tensorboard: bool = Field(True, description="Also log to TensorBoard when it is installed.")
     progress_bar: bool = Field(True, description="A console progress bar, when stderr is a terminal.")
-
-
-class ExportConfig(StrictModel):
-    """What export writes and measures. Table `[export]` in faces.toml (docs/export.md)."""
-
-    n_samples: int = Field(64, ge=1, description="Individual sample PNGs in exports/<run>/samples/.")
-    seed: int = Field(0, description="Fixes the grid's noise, the samples and every metric's randomness.")
-    interpolation_steps: int = Field(10, ge=2, description="Images from one latent to the next.")
-    eval_samples: int = Field(
-        1024,
-        ge=16,
-        description="Generated images for SWD, against as many real ones (capped at half the dataset).",
-    )
-    diversity_samples: int = Field(64, ge=2, description="Images whose pairwise MS-SSIM gives the diversity.")
-    memorisation_samples: int = Field(
-        16, ge=1, description="Samples shown beside their nearest training crop."
-    )
-    onnx: bool = Field(True, description="Also write generator.onnx when the onnx package is installed.")
-    inception_weights: str | None = Field(
-        None,
-        description="Local FID Inception weights: adds FID and KID (needs torchmetrics, torch-fidelity).",
-    )
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")

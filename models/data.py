@@ -4,8 +4,10 @@
 and converted to the configured size and channels once, and kept on the device. Each batch is a
 gather, a float conversion to [-1, 1] and a random flip, all on the device.
 
-Batches come from a stream of per-epoch permutations that depends only on (seed, rank, step): a
-resumed run draws exactly the batches the uninterrupted run would have drawn, with no sampler state.
+Rows come from an endless stream of per-epoch permutations that depends only on (seed, rank): the
+trainer takes batch `step` as the step-th slice of it, so a resumed run draws exactly the batches
+the uninterrupted run would have drawn, with no sampler state. `fixed_noise` gives the latents that
+grids, evaluation and the averaged generator's statistics are measured on: fixed by the seed alone.
 """
 
 from pathlib import Path
@@ -69,13 +71,18 @@ def shard_seed(seed: int, rank: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + rank * 7_919 + salt * 104_729) % (2**63 - 1)
 
 
+def fixed_noise(seed: int, nz: int, n: int, device: torch.device, *, salt: int) -> torch.Tensor:
+    """`n` latents fixed by the seed and their use (`salt`): the same in every process and rerun."""
+    g = torch.Generator().manual_seed(shard_seed(seed, rank=0, salt=-salt))
+    return torch.randn(n, nz, 1, 1, generator=g).to(device)
+
+
 class DeviceDataset:
-    """This process's shard of the dataset on `device`, served as float batches in [-1, 1]."""
+    """This process's shard of the dataset on `device`, served as float images in [-1, 1]."""
 
     def __init__(
         self,
         images: torch.Tensor,
-        batch_size: int,
         device: torch.device,
         *,
         seed: int = 0,
@@ -85,7 +92,6 @@ class DeviceDataset:
     ) -> None:
         self.images = images.to(device)  # (N, H, W, C) uint8: a batch gather yields channels_last for free
         self.n = len(images)
-        self.batch_size = batch_size
         self.device = device
         self.seed, self.rank, self.flip = seed, rank, flip
         self.memory_format = memory_format
@@ -98,9 +104,9 @@ class DeviceDataset:
             self._perm_epoch = epoch
         return self._perm
 
-    def indices(self, step: int) -> torch.Tensor:
-        """Rows of batch `step`: the step-th slice of the endless concatenation of epoch permutations."""
-        pos, need, parts = step * self.batch_size, self.batch_size, []
+    def rows(self, first: int, count: int) -> torch.Tensor:
+        """`count` rows from position `first` of the endless concatenation of epoch permutations."""
+        pos, need, parts = first, count, []
         while need:
             epoch, offset = divmod(pos, self.n)
             take = min(need, self.n - offset)
@@ -108,8 +114,9 @@ class DeviceDataset:
             pos, need = pos + take, need - take
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def batch(self, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = self.images[self.indices(step)]  # (B, H, W, C) uint8
+    def batch(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The images at `rows`, (B, C, H, W) float in [-1, 1], each flipped at random when `flip`."""
+        x = self.images[rows]  # (B, H, W, C) uint8
         if self.flip:
             flipped = torch.rand(len(x), device=self.device, generator=generator) < 0.5
             x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(2), x)

@@ -1,18 +1,16 @@
-"""Quality metrics that need no pretrained network: SWD, MS-SSIM diversity, nearest-neighbour memorisation.
+"""Sliced Wasserstein distance (SWD) between image sets, and its real-vs-real noise floor.
 
-Sliced Wasserstein distance follows ProGAN (Karras et al. 2018, `metrics/sliced_wasserstein.py`):
+Follows ProGAN (Karras et al. 2018, `metrics/sliced_wasserstein.py`):
 a Laplacian pyramid of each image down to 16 px; at every level 128 random 7x7 neighbourhoods per
 image; each level's set of descriptors is normalised per channel on its own (mean 0, std 1 over all
 its descriptors and pixels); then 4 x 128 = 512 random unit directions, the sorted projections of the
 two sets compared point by point. Each level is reported x1000, and their mean beside them.
 Lower is better; two samples of the same distribution give a small but non-zero "noise floor".
 
-FID/KID, which need Inception weights, live in `fid_kid` and are optional.
+The other export metrics live beside it: MS-SSIM diversity (`models.ms_ssim`), nearest-neighbour
+memorisation (`models.memorisation`) and the optional FID/KID (`models.fid_kid`). `check_images` is
+the input check all of them share.
 """
-
-import math
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,7 +30,8 @@ _GAUSS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
 _GAUSS = torch.outer(_GAUSS, _GAUSS) / 256.0
 
 
-def _check_images(images: np.ndarray, name: str) -> None:
+def check_images(images: np.ndarray, name: str) -> None:
+    """Every metric takes uint8 (N, H, W, C) arrays of square images of at least 16 px."""
     if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype != np.uint8:
         raise BadInputError(
             f"{name}: expected a uint8 array of shape (N, H, W, C), got "
@@ -157,8 +156,8 @@ def sliced_wasserstein(
     images; None uses numpy. The random choices are the same either way, so are the figures.
     Returns {"levels": [...], "resolutions": [64, 32, 16], "mean": float, "images": n}.
     """
-    _check_images(real, "real images")
-    _check_images(fake, "generated images")
+    check_images(real, "real images")
+    check_images(fake, "generated images")
     if real.shape[1:] != fake.shape[1:]:
         raise BadInputError(f"real images are {real.shape[1:]} but generated ones {fake.shape[1:]}")
     rng = np.random.default_rng(seed)
@@ -191,249 +190,6 @@ def swd_noise_floor(real: np.ndarray, seed: int = 0, device: str | torch.device 
     The figure depends on the number of images per side; compare it with an SWD of generated
     images against the same number of real ones (export uses one half as that reference).
     """
-    _check_images(real, "real images")
+    check_images(real, "real images")
     a, b = split_halves(real, seed)
     return sliced_wasserstein(a, b, seed=seed + 1, device=device)
-
-
-# --- MS-SSIM diversity -------------------------------------------------------------------------------
-
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
-_C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-
-
-def ms_ssim_scales(image_size: int) -> int:
-    """How many of the 5 standard scales fit: the coarsest must still hold an 11x11 window.
-
-    256 px and up get all 5; 128 px 4, 64 px 3 (64, 32, 16), 32 px 2. The weights of the scales
-    kept are renormalised to sum to 1. A smaller window would keep more scales but make every
-    scale's statistics noisier; keeping the window keeps each scale comparable with the literature.
-    """
-    if image_size < SSIM_WINDOW:
-        raise BadInputError(f"MS-SSIM needs images of at least {SSIM_WINDOW} px, got {image_size}")
-    return min(5, 1 + int(math.log2(image_size / SSIM_WINDOW)))
-
-
-def _gaussian_window() -> torch.Tensor:
-    x = torch.arange(SSIM_WINDOW, dtype=torch.float32) - SSIM_WINDOW // 2
-    g = torch.exp(-(x**2) / (2 * SSIM_SIGMA**2))
-    return g / g.sum()
-
-
-@cache
-def _band(size: int) -> torch.Tensor:
-    """The 'valid' 1-D Gaussian filter as a (size - 10, size) matrix, so blurring is two matmuls."""
-    g = _gaussian_window()
-    rows = size - SSIM_WINDOW + 1
-    band = torch.zeros(rows, size)
-    for r in range(rows):
-        band[r, r : r + SSIM_WINDOW] = g
-    return band
-
-
-def _blur(x: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian with 'valid' borders, as in Wang et al.'s reference code, per channel."""
-    band_h, band_w = _band(x.shape[2]), _band(x.shape[3])
-    return band_h @ x @ band_w.T
-
-
-def _pyramid_stats(images: np.ndarray, scales: int) -> list[tuple[torch.Tensor, ...]]:
-    """Per scale, each image with its local mean and mean square: shared by every pair it is in."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    stats = []
-    for _ in range(scales):
-        stats.append((x, _blur(x), _blur(x * x)))
-        x = F.avg_pool2d(x, 2)
-    return stats
-
-
-def _ms_ssim_pairs(stats: list[tuple[torch.Tensor, ...]], i: np.ndarray, j: np.ndarray) -> torch.Tensor:
-    """MS-SSIM of images i[k] and j[k] from their pyramid stats, averaged over channels: (K,)."""
-    scales = len(stats)
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales])
-    weights /= weights.sum()
-    terms = []
-    for scale, (x, mu, sq) in enumerate(stats):
-        mu_x, mu_y = mu[i], mu[j]
-        var_x, var_y = sq[i] - mu_x**2, sq[j] - mu_y**2
-        cov = _blur(x[i] * x[j]) - mu_x * mu_y
-        term = (2 * cov + _C2) / (var_x + var_y + _C2)  # contrast and structure
-        if scale == scales - 1:  # the coarsest scale adds luminance
-            term = term * (2 * mu_x * mu_y + _C1) / (mu_x**2 + mu_y**2 + _C1)
-        # Negative terms would make fractional powers undefined; clamp at 0 as common implementations do.
-        terms.append(term.mean(dim=(2, 3)).clamp_min(0))
-    return torch.prod(torch.stack(terms) ** weights.view(-1, 1, 1), dim=0).mean(dim=1)
-
-
-def ms_ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """MS-SSIM of image pairs x[k], y[k] (uint8 (N, H, W, C), data range 255), averaged over channels."""
-    _check_images(x, "first images")
-    _check_images(y, "second images")
-    if x.shape != y.shape:
-        raise BadInputError(f"MS-SSIM compares images pairwise: shapes {x.shape} and {y.shape} differ")
-    stats = _pyramid_stats(np.concatenate([x, y]), ms_ssim_scales(x.shape[1]))
-    k = np.arange(len(x))
-    with torch.no_grad():
-        return _ms_ssim_pairs(stats, k, k + len(x)).numpy()
-
-
-def _pairs(n: int, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
-    """All i < j pairs when there are at most max_pairs of them, else max_pairs distinct random ones."""
-    i, j = np.triu_indices(n, k=1)
-    pairs = np.stack([i, j], axis=1)
-    if len(pairs) > max_pairs:
-        pairs = pairs[np.sort(rng.choice(len(pairs), max_pairs, replace=False))]
-    return pairs
-
-
-def ms_ssim_diversity(images: np.ndarray, max_pairs: int = 2016, seed: int = 0) -> dict:
-    """Mean pairwise MS-SSIM of a set: near 1 when the images are alike (mode collapse), lower when varied.
-
-    Compare a generator's figure with the same figure for real crops: higher than the real one means
-    less diverse than the data. Up to `max_pairs` pairs (all 2016 pairs of 64 images by default).
-    """
-    _check_images(images, "images")
-    if len(images) < 2:
-        raise BadInputError(f"MS-SSIM diversity needs at least 2 images, got {len(images)}")
-    pairs = _pairs(len(images), max_pairs, np.random.default_rng(seed))
-    stats = _pyramid_stats(images, ms_ssim_scales(images.shape[1]))
-    with torch.no_grad():
-        scores = torch.cat(
-            [_ms_ssim_pairs(stats, p[:, 0], p[:, 1]) for p in np.array_split(pairs, -(-len(pairs) // 256))]
-        )
-    scores = scores.numpy()
-    return {
-        "mean": float(scores.mean()),
-        "std": float(scores.std()),
-        "pairs": len(pairs),
-        "images": len(images),
-        "scales": ms_ssim_scales(images.shape[1]),
-    }
-
-
-# --- Memorisation ------------------------------------------------------------------------------------
-
-
-def nearest_neighbours(
-    queries: np.ndarray, reference: np.ndarray, skip: np.ndarray | None = None, chunk: int = 4096
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each query image, the index of the nearest reference image by pixel distance and that distance.
-
-    The distance is the root mean square pixel difference on the 0..255 scale (0: identical).
-    `reference` may be a memory-mapped images.npy; it is read in chunks. `skip[k]` is a reference row
-    that query k must not match (itself, when the queries are taken from the reference).
-    """
-    q = torch.from_numpy(np.ascontiguousarray(queries)).reshape(len(queries), -1).double()
-    q_sq = (q * q).sum(1, keepdim=True)
-    best_d = torch.full((len(q),), float("inf"), dtype=torch.float64)
-    best_i = torch.zeros(len(q), dtype=torch.long)
-    for start in range(0, len(reference), chunk):
-        r = torch.from_numpy(np.ascontiguousarray(reference[start : start + chunk]))
-        r = r.reshape(len(r), -1).double()
-        d2 = q_sq + (r * r).sum(1) - 2 * q @ r.T  # float64 keeps near-duplicates exact
-        if skip is not None:
-            inside = (skip >= start) & (skip < start + len(r))
-            d2[np.flatnonzero(inside), skip[inside] - start] = float("inf")
-        d, i = d2.min(dim=1)
-        better = d < best_d
-        best_d[better], best_i[better] = d[better], i[better] + start
-    rms = torch.sqrt(best_d.clamp_min(0) / q.shape[1])
-    return best_i.numpy(), rms.numpy()
-
-
-def memorisation(samples: np.ndarray, training: np.ndarray, seed: int = 0) -> dict:
-    """Nearest training crop of each sample, beside the same distance for real crops to the others.
-
-    A generator that copies its data gives samples much closer to a training crop than real crops
-    are to one another (`real_to_real_rms`, the median over as many random real crops).
-    """
-    _check_images(samples, "generated images")
-    _check_images(np.asarray(training[:1]), "training images")  # may be a memmap or a lazy view
-    if training[:1].shape[1:] != samples.shape[1:]:
-        raise BadInputError(
-            f"training images are {training[:1].shape[1:]} but generated ones {samples.shape[1:]}"
-        )
-    index, distance = nearest_neighbours(samples, training)
-    result = {
-        "nearest_index": index.tolist(),
-        "nearest_rms": distance.tolist(),
-        "median_rms": float(np.median(distance)),
-        "real_to_real_rms": None,
-    }
-    n_ref = min(len(samples), len(training) - 1)
-    if n_ref >= 1:
-        picked = np.sort(np.random.default_rng(seed).choice(len(training), n_ref, replace=False))
-        _, real_d = nearest_neighbours(training[picked], training, skip=picked)
-        result["real_to_real_rms"] = float(np.median(real_d))
-    return result
-
-
-# --- Optional: FID and KID from a local Inception file -----------------------------------------------
-
-
-def check_fid_setup(weights: str | Path) -> None:
-    """Fail fast, before any work, when FID/KID are asked for but cannot be computed."""
-    _inception_metrics(Path(weights).expanduser())
-
-
-def _inception_metrics(weights: Path):
-    """torchmetrics' FID and KID classes, or a BadInputError that says how to get them."""
-    if not weights.is_file():
-        raise BadInputError(
-            f"[export] inception_weights = {weights}: no such file. Point it at the FID Inception weights "
-            "(torch-fidelity's weights-inception-2015-12-05-6726825d.pth, downloaded once by hand), "
-            "or remove the key to skip FID/KID"
-        )
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.kid import KernelInceptionDistance
-        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
-    except ImportError as e:
-        raise BadInputError(
-            f"[export] inception_weights is set but torchmetrics is not installed ({e}); "
-            "pip install 'faces-pipeline[fid]' (torchmetrics and torch-fidelity), or remove the key"
-        ) from e
-    if not _TORCH_FIDELITY_AVAILABLE:
-        raise BadInputError(
-            "[export] inception_weights is set but torch-fidelity is not installed; "
-            "pip install 'faces-pipeline[fid]' (torchmetrics and torch-fidelity), or remove the key"
-        )
-    return FrechetInceptionDistance, KernelInceptionDistance
-
-
-def fid_kid(
-    real: np.ndarray, fake: np.ndarray, weights: str | Path, device: str = "cpu", batch: int = 64
-) -> dict:
-    """FID and KID (x1000) of generated against real images with Inception weights from a local file.
-
-    Nothing is downloaded: the file must be there. Images are resized to 299 px inside the metric.
-    """
-    _check_images(real, "real images")
-    _check_images(fake, "generated images")
-    fid_cls, kid_cls = _inception_metrics(Path(weights).expanduser())
-    try:
-        fid = fid_cls(feature=2048, feature_extractor_weights_path=str(Path(weights).expanduser()))
-    except Exception as e:  # a wrong or truncated file fails inside torch.load / load_state_dict
-        raise BadInputError(
-            f"[export] inception_weights = {weights}: could not load it as FID Inception weights ({e}); "
-            "use torch-fidelity's weights-inception-2015-12-05-6726825d.pth"
-        ) from e
-    subset = min(1000, len(real), len(fake))
-    kid = kid_cls(feature=fid.inception, subsets=100, subset_size=subset)
-    fid, kid = fid.to(device), kid.to(device)
-    with torch.no_grad():
-        for images, is_real in ((real, True), (fake, False)):
-            for start in range(0, len(images), batch):
-                x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch])).permute(0, 3, 1, 2)
-                x = x.expand(-1, 3, -1, -1).to(device)  # grey images as RGB
-                fid.update(x, real=is_real)
-                kid.update(x, real=is_real)
-        kid_mean, kid_std = kid.compute()
-        return {
-            "fid": float(fid.compute()),
-            "kid_x1000": float(kid_mean) * 1e3,
-            "kid_std_x1000": float(kid_std) * 1e3,
-            "real_images": len(real),
-            "generated_images": len(fake),
-        }

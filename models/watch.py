@@ -68,9 +68,23 @@ class Watch:
         self.collapsed = now
         return ratio
 
+    @property
+    def warned(self) -> bool:
+        """Whether a warning holds now (D overpowers G, or G collapsed): what early_stop stops on."""
+        return self.overpowered or self.collapsed
+
     def _warn(self, message: str) -> None:
         log.warning(message)
         self.warnings.append(message)
+
+
+def progress_message(row: dict[str, Any]) -> str:
+    """A metrics row in a few words, for the stage's on_progress callback."""
+    parts = [f"step {row['step']}"]
+    for key in ("loss_d", "loss_g", "images_per_second", "swd"):
+        if key in row:
+            parts.append(f"{key} {row[key]:.3g}")
+    return ", ".join(parts)
 
 
 def _tensorboard_writer(log_dir: Path) -> Any:

@@ -12,73 +12,36 @@ killed run leaves no half-written crop, and a source whose records are missing i
 """
 
 import hashlib
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import closing
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from multiprocessing import get_context
 
 import cv2
 import numpy as np
 
+from common.clock import now_iso
 from common.files import atomic_write_bytes
 from common.layout import DataRoot
 from common.report import BadInputError, StageReport
+from preprocess import manifest as faces_manifest
 from preprocess.align import blur_score, crop_square, face_square
 from preprocess.config import PreprocessConfig
 from preprocess.decode import ImageDecodeError, load_image
 from preprocess.detect import Face, FaceDetector
 from preprocess.landmarks import refine_landmarks
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS processed (
-    sha256 TEXT NOT NULL, config_hash TEXT NOT NULL, status TEXT NOT NULL, faces INTEGER NOT NULL,
-    error TEXT, at TEXT NOT NULL, PRIMARY KEY (sha256, config_hash));
-CREATE TABLE IF NOT EXISTS crops (
-    crop_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL, face_index INTEGER NOT NULL, path TEXT NOT NULL,
-    box TEXT NOT NULL, landmarks TEXT, score REAL NOT NULL, blur REAL NOT NULL, detector TEXT NOT NULL,
-    config_hash TEXT NOT NULL, size INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS crops_sha256 ON crops (sha256);
-"""
+from preprocess.manifest import Crop, Outcome
+from scraper import manifest as raw_manifest
 
 
 @dataclass(frozen=True)
 class Source:
     sha256: str
     path: str  # relative to the data root, as in raw/manifest.sqlite
-
-
-@dataclass
-class Crop:
-    """One row of faces/manifest.sqlite's crops table."""
-
-    crop_id: str
-    sha256: str
-    face_index: int
-    path: str
-    box: list[float]
-    landmarks: list[list[float]] | None
-    score: float
-    blur: float
-    detector: str
-    config_hash: str
-    size: int
-
-
-@dataclass
-class Outcome:
-    """What became of one source: `ok` (with crops), `no_face`, `error` (with a reason), or `missing`
-    (its file is not there yet: not recorded, so the next run tries again)."""
-
-    sha256: str
-    status: str
-    crops: list[Crop] = field(default_factory=list)
-    error: str | None = None
 
 
 @dataclass
@@ -99,99 +62,65 @@ class BatchResult:
 
 # --- manifests (parent process only) ---------------------------------------------------------------
 
+RAW_PAGE = 500  # raw files read per query while looking for pending ones
 
-def open_manifest(root: DataRoot) -> sqlite3.Connection:
-    """faces/manifest.sqlite with its tables, the raw manifest attached read-only as `raw`."""
+
+def _open_faces_manifest(root: DataRoot) -> sqlite3.Connection:
     if not root.raw_manifest.is_file():
         raise BadInputError(
             f"no raw manifest at {root.raw_manifest}: run the scrape stage first, or point data_dir at a "
             "data root that has one"
         )
-    root.faces_dir.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(root.faces_manifest.as_uri(), uri=True, timeout=60, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(SCHEMA)
-    db.execute("ATTACH DATABASE ? AS raw", (f"{root.raw_manifest.as_uri()}?mode=ro",))
-    return db
+    return faces_manifest.open_manifest(root.faces_manifest)
 
 
-def _pending_sql(db: sqlite3.Connection, force: bool, what: str) -> str:
-    where = ["f.sha256 > :after"]
-    if not force:
-        where.append(
-            "NOT EXISTS (SELECT 1 FROM processed p WHERE p.sha256 = f.sha256 AND p.config_hash = :hash)"
-        )
-    has_forgotten = db.execute(
-        "SELECT 1 FROM raw.sqlite_master WHERE type='table' AND name='forgotten'"
-    ).fetchone()
-    if has_forgotten:  # taken down: never processed again
-        where.append("f.sha256 NOT IN (SELECT sha256 FROM raw.forgotten WHERE sha256 IS NOT NULL)")
-    return f"SELECT {what} FROM raw.files f WHERE {' AND '.join(where)}"
+def _pending(db: sqlite3.Connection, root: DataRoot, config_hash: str, force: bool) -> Iterator[Source]:
+    """Stored files, not taken down, not yet processed with this configuration (all with force), by
+    sha256; read a page at a time (constant memory)."""
+    after = ""
+    while page := raw_manifest.stored_files(root.raw_manifest, after=after, limit=RAW_PAGE):
+        after = page[-1][0]
+        done = set() if force else faces_manifest.processed_among(db, config_hash, [sha for sha, _ in page])
+        yield from (Source(sha, path) for sha, path in page if sha not in done)
 
 
 def pending_sources(config: PreprocessConfig, root: DataRoot, *, force: bool = False) -> list[Source]:
     """Raw files not yet processed with this configuration (all of them with force), by sha256."""
-    return [s for batch in _pending_pages(config, root, force, claim=False) for s in batch]
+    with closing(_open_faces_manifest(root)) as db:
+        return list(_pending(db, root, config.output_hash(), force))
 
 
 def iter_batches(config: PreprocessConfig, root: DataRoot, *, force: bool = False) -> Iterator[list[Source]]:
-    """The pending sources in batches of `batch_size`, read page by page (constant memory).
+    """The pending sources in batches of `batch_size` (constant memory).
 
     Each batch is claimed as it is yielded: its older records (other configurations) are dropped, so a
     batch cut short by a kill is redone by the next run, whatever configuration that run has.
     """
-    return _pending_pages(config, root, force, claim=True)
-
-
-def _pending_pages(
-    config: PreprocessConfig, root: DataRoot, force: bool, claim: bool
-) -> Iterator[list[Source]]:
-    with closing(open_manifest(root)) as db:
-        sql = _pending_sql(db, force, "f.sha256, f.path") + " ORDER BY f.sha256 LIMIT :limit"
-        after = ""
-        while True:
-            params = {"after": after, "hash": config.output_hash(), "limit": config.batch_size}
-            batch = [Source(sha, path) for sha, path in db.execute(sql, params).fetchall()]
-            if not batch:
-                return
-            after = batch[-1].sha256
-            if claim:
-                with db:
-                    db.execute("BEGIN IMMEDIATE")
-                    db.executemany("DELETE FROM processed WHERE sha256 = ?", [(s.sha256,) for s in batch])
+    with closing(_open_faces_manifest(root)) as db:
+        batch: list[Source] = []
+        for source in _pending(db, root, config.output_hash(), force):
+            batch.append(source)
+            if len(batch) == config.batch_size:
+                faces_manifest.claim(db, [s.sha256 for s in batch])
+                yield batch
+                batch = []
+        if batch:
+            faces_manifest.claim(db, [s.sha256 for s in batch])
             yield batch
 
 
 def count_sources(config: PreprocessConfig, root: DataRoot, *, force: bool = False) -> tuple[int, int]:
     """(raw files, of which pending)."""
-    with closing(open_manifest(root)) as db:
-        total = db.execute("SELECT COUNT(*) FROM raw.files").fetchone()[0]
-        pending = db.execute(_pending_sql(db, force, "COUNT(*)"), {"after": "", "hash": config.output_hash()})
-        return total, pending.fetchone()[0]
+    with closing(_open_faces_manifest(root)) as db:
+        pending = sum(1 for _ in _pending(db, root, config.output_hash(), force))
+    return raw_manifest.count_stored_files(root.raw_manifest), pending
 
 
 def record_batch(config: PreprocessConfig, root: DataRoot, result: BatchResult) -> None:
     """Commit a batch's outcomes in one transaction; each source's crops replace its old ones."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
     done = [o for o in result.outcomes if o.status != "missing"]
-    with closing(open_manifest(root)) as db, db:
-        db.execute("BEGIN IMMEDIATE")
-        for o in done:
-            db.execute("DELETE FROM processed WHERE sha256 = ?", (o.sha256,))
-            db.execute("DELETE FROM crops WHERE sha256 = ?", (o.sha256,))
-            db.execute(
-                "INSERT INTO processed VALUES (?, ?, ?, ?, ?, ?)",
-                (o.sha256, result.config_hash, o.status, len(o.crops), o.error, now),
-            )
-            db.executemany(
-                "INSERT INTO crops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (c.crop_id, c.sha256, c.face_index, c.path, json.dumps(c.box),
-                     None if c.landmarks is None else json.dumps(c.landmarks),
-                     c.score, c.blur, c.detector, c.config_hash, c.size)
-                    for c in o.crops
-                ],
-            )  # fmt: skip
+    with closing(_open_faces_manifest(root)) as db:
+        faces_manifest.record(db, result.config_hash, done, now_iso())
     for o in done:  # crop files of faces an earlier configuration found and this one did not
         for stale in root.faces_dir.glob(f"{o.sha256}-*.png"):
             if int(stale.stem.rsplit("-", 1)[1]) >= len(o.crops):
@@ -360,8 +289,10 @@ def _remove_orphan_temp_files(root: DataRoot) -> None:
 def input_fingerprint(config: PreprocessConfig, root: DataRoot) -> str:
     """Hash of the raw files' sha256 list and the crop-shaping config: equal means nothing new to do."""
     h = hashlib.sha256(config.output_hash().encode())
-    if root.raw_manifest.is_file():
-        with closing(sqlite3.connect(f"{root.raw_manifest.as_uri()}?mode=ro", uri=True)) as db:
-            for (sha,) in db.execute("SELECT sha256 FROM files ORDER BY sha256"):
-                h.update(sha.encode() + b"\n")
+    after = ""
+    while page := raw_manifest.stored_files(
+        root.raw_manifest, after=after, limit=10_000, skip_forgotten=False
+    ):
+        after = page[-1][0]
+        h.update(b"".join(sha.encode() + b"\n" for sha, _ in page))
     return h.hexdigest()

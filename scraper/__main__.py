@@ -7,11 +7,9 @@ JSON file holding the table's keys. Prints the summary; exits 1 with one line on
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from common.config import parse_model, read_toml
 from common.layout import DataRoot
 from common.report import BadInputError
 from scraper.config import ScrapeConfig
@@ -19,18 +17,19 @@ from scraper.crawl import crawl
 
 
 def load(path: Path) -> ScrapeConfig:
-    if path.suffix == ".json":
-        table = json.loads(path.read_text())
-    else:
-        with open(path, "rb") as f:
-            table = tomllib.load(f).get("scrape")
-        if table is None:
+    """The `[scrape]` table of a TOML file, or a JSON file holding the table's keys."""
+    if path.suffix != ".json":
+        doc = read_toml(path)
+        if "scrape" not in doc:
             raise BadInputError(f"{path} has no [scrape] table; add one (see docs/scraper.md)")
+        return parse_model(ScrapeConfig, doc["scrape"], str(path), "scrape")
     try:
-        return ScrapeConfig(**table)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise BadInputError(f"{path} [scrape]: {problems}") from None
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInputError(
+            f"cannot read {path} as JSON ({e}); pass a [scrape] table as a JSON object"
+        ) from None
+    return parse_model(ScrapeConfig, table, str(path), "scrape")
 
 
 def main(argv: list[str] | None = None) -> int:

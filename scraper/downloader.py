@@ -23,6 +23,7 @@ CHUNK = 64 * 1024
 DRAIN_BYTES = 64 * 1024
 HEAD_BYTES = 64  # enough to tell every image type and HTML/SVG apart
 DNS_TTL = 60.0
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)  # never followed here: the caller checks each hop
 _SPECIAL = (  # why an address is refused, most specific first
     (ipaddress.ip_network("100.64.0.0/10"), "carrier-grade NAT (CGNAT)"),
     (ipaddress.ip_network("fc00::/7"), "IPv6 unique local (ULA)"),
@@ -253,6 +254,15 @@ def _drain(response, limit: int = DRAIN_BYTES) -> None:
                 return  # not worth it: the connection is closed instead
     except requests.RequestException:
         pass
+
+
+def declared_charset(content_type: str | None) -> str | None:
+    """The charset a Content-Type header names, or None."""
+    for part in (content_type or "").split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            return value.strip("\"' ")
+    return None
 
 
 def _short(error: Exception) -> str:

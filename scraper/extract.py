@@ -141,63 +141,93 @@ def extract(
     agent_token: str = "faces-pipeline",
     allowed_types: tuple[str, ...] = ("jpeg", "png", "webp", "gif", "bmp"),
 ) -> Page:
+    """Links to follow, image candidates, robots directives and licence of one HTML page."""
     soup = BeautifulSoup(html, "html.parser")
-    base = page_url
-    base_tag = soup.find("base", href=True)
-    if isinstance(base_tag, Tag):
-        base = normalize(str(base_tag["href"]), page_url) or page_url
-    pattern = re.compile(follow_pattern) if follow_pattern else None
-
-    def absolute(value) -> str | None:
-        return normalize(str(value), base) if value else None
-
-    def is_page_link(url: str) -> bool:
-        return bool(pattern and pattern.search(url))
-
-    def full_size(a: Tag | None) -> str | None:
-        """The href of a link to a full-size image, unless it is a page we follow."""
-        url = absolute(a.get("href")) if a is not None else None
-        return url if url and looks_like_image(url) and not is_page_link(url) else None
-
+    urls = _PageUrls(soup, page_url, follow_pattern)
     scopes = soup.select(image_scope) if image_scope else [soup]
-    licence = page_licence(soup, scopes, absolute)
-    per_image_licence = json_ld_image_licences(soup, absolute)
-    found: dict[str, ImageCandidate] = {}
-
-    def add(url: str | None, element: Tag | None, alt: str | None = None) -> None:
-        if not url:
-            return
-        candidate = ImageCandidate(
-            url=url,
-            alt=_text(alt if alt is not None else (element.get("alt") if element is not None else None)),
-            caption=_caption(element),
-            licence=per_image_licence.get(url) or _figure_licence(element, absolute) or licence,
-        )
-        old = found.get(url)
-        found[url] = _merge(old, candidate) if old else candidate
-
+    licence = page_licence(soup, scopes, urls.absolute)
+    found = _Candidates(licence, json_ld_image_licences(soup, urls.absolute), urls.absolute)
     for scope in scopes:
-        for img in scope.find_all("img"):
-            url = full_size(img.find_parent("a")) or absolute(_img_source(img, allowed_types))
-            add(url, img)
-        for a in scope.find_all("a", href=True):
-            if a.find("img") is None:
-                add(full_size(a), a, alt=a.get("title") or a.get_text(" ", strip=True) or None)
-        for meta in scope.find_all("meta", property=re.compile(r"^og:image(:url|:secure_url)?$")):
-            alt_meta = soup.find("meta", property="og:image:alt")
-            add(absolute(meta.get("content")), None, alt=alt_meta.get("content") if alt_meta else None)
-
-    links = []
-    for a in soup.select(follow):
-        url = absolute(a.get("href"))
-        if url and url != page_url and (is_page_link(url) or (not pattern and not looks_like_image(url))):
-            links.append(url)
+        _add_images(scope, soup, urls, found, allowed_types)
     return Page(
-        links=list(dict.fromkeys(links)),
-        images=list(found.values()),
+        links=_links(soup, follow, page_url, urls),
+        images=list(found.by_url.values()),
         robots=meta_robots(soup, agent_token),
         licence=licence,
     )
+
+
+class _PageUrls:
+    """A page's URLs made absolute against its <base href>, and links told apart from images."""
+
+    def __init__(self, soup: BeautifulSoup, page_url: str, follow_pattern: str | None) -> None:
+        self.base = page_url
+        base_tag = soup.find("base", href=True)
+        if isinstance(base_tag, Tag):
+            self.base = normalize(str(base_tag["href"]), page_url) or page_url
+        self.pattern = re.compile(follow_pattern) if follow_pattern else None
+
+    def absolute(self, value) -> str | None:
+        return normalize(str(value), self.base) if value else None
+
+    def is_page_link(self, url: str) -> bool:
+        """A link `follow_pattern` names a page, even if it ends in .jpg."""
+        return bool(self.pattern and self.pattern.search(url))
+
+    def to_follow(self, url: str) -> bool:
+        """With `follow_pattern`, the links it matches; without, every link but those to images."""
+        return self.is_page_link(url) or (not self.pattern and not looks_like_image(url))
+
+    def full_size(self, a: Tag | None) -> str | None:
+        """The href of a link to a full-size image, unless it is a page we follow."""
+        url = self.absolute(a.get("href")) if a is not None else None
+        return url if url and looks_like_image(url) and not self.is_page_link(url) else None
+
+
+class _Candidates:
+    """Image candidates by URL, each with its alt text, caption and licence; a URL found twice
+    keeps the first non-empty value of each."""
+
+    def __init__(self, page_licence: str | None, image_licences: dict[str, str], absolute) -> None:
+        self.page_licence = page_licence
+        self.image_licences = image_licences  # JSON-LD ImageObject licences by image URL
+        self.absolute = absolute
+        self.by_url: dict[str, ImageCandidate] = {}
+
+    def add(self, url: str | None, element: Tag | None, alt: str | None = None) -> None:
+        if not url:
+            return
+        if alt is None and element is not None:
+            alt = element.get("alt")
+        licence = self.image_licences.get(url) or _figure_licence(element, self.absolute) or self.page_licence
+        candidate = ImageCandidate(url=url, alt=_text(alt), caption=_caption(element), licence=licence)
+        old = self.by_url.get(url)
+        self.by_url[url] = _merge(old, candidate) if old else candidate
+
+
+def _add_images(
+    scope: Tag, soup: BeautifulSoup, urls: _PageUrls, found: _Candidates, allowed_types: tuple[str, ...]
+) -> None:
+    """<img> (or the full-size image its link points to), image links without an <img>, og:image."""
+    for img in scope.find_all("img"):
+        url = urls.full_size(img.find_parent("a")) or urls.absolute(_img_source(img, allowed_types))
+        found.add(url, img)
+    for a in scope.find_all("a", href=True):
+        if a.find("img") is None:
+            found.add(urls.full_size(a), a, alt=a.get("title") or a.get_text(" ", strip=True) or None)
+    for meta in scope.find_all("meta", property=re.compile(r"^og:image(:url|:secure_url)?$")):
+        alt_meta = soup.find("meta", property="og:image:alt")
+        found.add(urls.absolute(meta.get("content")), None, alt=alt_meta.get("content") if alt_meta else None)
+
+
+def _links(soup: BeautifulSoup, follow: str, page_url: str, urls: _PageUrls) -> list[str]:
+    """The links `follow` selects that lead to other pages, each once, in page order."""
+    links = []
+    for a in soup.select(follow):
+        url = urls.absolute(a.get("href"))
+        if url and url != page_url and urls.to_follow(url):
+            links.append(url)
+    return list(dict.fromkeys(links))
 
 
 def _img_source(img: Tag, allowed_types: tuple[str, ...]) -> str | None:

@@ -1,19 +1,23 @@
 """raw/manifest.sqlite: the tables of docs/DESIGN.md (files, urls, forgotten) and the crawler's own
-(frontier, pages, robots, crawls).
+(frontier, pages, robots, crawls). This module is the only code that writes SQL against them.
 
-One connection shared by the crawler's threads behind a lock; every change that belongs together
-(a stored file, its URL row and the frontier entry that led to it) is one transaction, so a crawl
-killed at any moment leaves a consistent manifest and a frontier to resume from.
+`Manifest` is the crawler's: one connection shared by its threads behind a lock; every change that
+belongs together (a stored file, its URL row and the frontier entry that led to it) is one
+transaction, so a crawl killed at any moment leaves a consistent manifest and a frontier to resume
+from. The functions at the end are the other stages': preprocess lists stored files, validate reads
+provenance, a takedown records and deletes. They take the manifest's path, never change its schema
+beyond the `forgotten` table, and tolerate a manifest without the tables they read.
 """
 
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
+from common.clock import now_iso
 from scraper.robots import RobotsPolicy
 
 URL_COLUMNS = [
@@ -25,7 +29,7 @@ PAGE_COLUMNS = [
     "links", "images", "error",
 ]  # fmt: skip
 
-SCHEMA = """
+IMAGES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files(
     sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, type TEXT NOT NULL, bytes INTEGER NOT NULL,
     width INTEGER, height INTEGER, first_seen TEXT NOT NULL);
@@ -34,9 +38,13 @@ CREATE TABLE IF NOT EXISTS urls(
     sha256 TEXT, bytes INTEGER, type TEXT, width INTEGER, height INTEGER, etag TEXT, last_modified TEXT,
     fetched_at TEXT, licence TEXT, alt TEXT, opt_out TEXT, error TEXT, caption TEXT);
 CREATE INDEX IF NOT EXISTS urls_sha256 ON urls(sha256);
+"""
+# URLs and hashes taken down: the one table a takedown creates if the crawler has not.
+FORGOTTEN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS forgotten(key TEXT PRIMARY KEY, sha256 TEXT, at TEXT);
 CREATE INDEX IF NOT EXISTS forgotten_sha256 ON forgotten(sha256);
-
+"""
+CRAWLER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS frontier(
     seq INTEGER PRIMARY KEY AUTOINCREMENT, url TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
     host TEXT NOT NULL, depth INTEGER NOT NULL, page_url TEXT, meta TEXT NOT NULL DEFAULT '{}',
@@ -50,10 +58,7 @@ CREATE TABLE IF NOT EXISTS robots(
 CREATE TABLE IF NOT EXISTS crawls(
     id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, finished_at TEXT, counts TEXT);
 """
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+SCHEMA = IMAGES_SCHEMA + FORGOTTEN_SCHEMA + CRAWLER_SCHEMA
 
 
 @dataclass
@@ -269,3 +274,107 @@ def _item(row: sqlite3.Row) -> Item:
         meta=json.loads(row["meta"]),
         hops=row["hops"],
     )
+
+
+# --- for the other stages ---------------------------------------------------------------------------
+
+
+def _tables(con: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _marks(values: Collection) -> str:
+    return ",".join("?" * len(values))
+
+
+def _rows(path: str | Path, table: str, sql: str, args: Iterable = ()) -> list[tuple]:
+    """A query's rows; none when there is no manifest or no `table` in it (nothing is created)."""
+    if not Path(path).is_file():
+        return []
+    with closing(sqlite3.connect(path, timeout=60)) as con:
+        return con.execute(sql, tuple(args)).fetchall() if table in _tables(con) else []
+
+
+def count_stored_files(path: str | Path) -> int:
+    """Stored files, taken down or not."""
+    return sum(n for (n,) in _rows(path, "files", "SELECT COUNT(*) FROM files"))
+
+
+def stored_files(
+    path: str | Path, *, after: str = "", limit: int = 1000, skip_forgotten: bool = True
+) -> list[tuple[str, str]]:
+    """One page of (sha256, path) of stored files in sha256 order: at most `limit`, from just after
+    `after`. Files taken down are left out unless `skip_forgotten` is false."""
+    if not Path(path).is_file():
+        return []
+    with closing(sqlite3.connect(path, timeout=60)) as con:
+        tables = _tables(con)
+        if "files" not in tables:
+            return []
+        where = "sha256 > ?"
+        if skip_forgotten and "forgotten" in tables:
+            where += " AND sha256 NOT IN (SELECT sha256 FROM forgotten WHERE sha256 IS NOT NULL)"
+        sql = f"SELECT sha256, path FROM files WHERE {where} ORDER BY sha256 LIMIT ?"
+        return con.execute(sql, (after, limit)).fetchall()
+
+
+def first_seen_by_hash(path: str | Path) -> dict[str, str]:
+    """When each stored file was first stored."""
+    return {sha: str(at) for sha, at in _rows(path, "files", "SELECT sha256, first_seen FROM files") if at}
+
+
+IMAGE_URL_COLUMNS = ["sha256", "url", "page_url", "host", "licence", "fetched_at", "status", "opt_out"]
+
+
+def image_urls(path: str | Path) -> list[dict]:
+    """Every URL row that served a stored image (IMAGE_URL_COLUMNS), earliest fetched first."""
+    sql = (
+        f"SELECT {', '.join(IMAGE_URL_COLUMNS)} FROM urls WHERE sha256 IS NOT NULL "
+        "ORDER BY fetched_at IS NULL, fetched_at, url"
+    )
+    return [dict(zip(IMAGE_URL_COLUMNS, row, strict=True)) for row in _rows(path, "urls", sql)]
+
+
+def forgotten_hashes(path: str | Path, key: str | None = None) -> set[str]:
+    """Hashes taken down (only those recorded under `key`, if given)."""
+    if key is None:
+        rows = _rows(path, "forgotten", "SELECT sha256 FROM forgotten")
+    else:
+        rows = _rows(path, "forgotten", "SELECT sha256 FROM forgotten WHERE key = ?", (key,))
+    return {sha for (sha,) in rows if sha}
+
+
+def urls_found_at(path: str | Path, key: str) -> dict[str, str | None]:
+    """URL -> the hash it served (None: nothing stored), for the URL `key` and every image URL found on
+    the page `key`."""
+    return dict(_rows(path, "urls", "SELECT url, sha256 FROM urls WHERE url = ? OR page_url = ?", (key, key)))
+
+
+def urls_serving(path: str | Path, hashes: Collection[str]) -> dict[str, str]:
+    """URL -> hash, for every URL that served one of `hashes`."""
+    if not hashes:
+        return {}
+    sql = f"SELECT url, sha256 FROM urls WHERE sha256 IN ({_marks(hashes)})"
+    return dict(_rows(path, "urls", sql, sorted(hashes)))
+
+
+def record_forgotten(path: str | Path, rows: list[tuple[str, str | None, str]]) -> None:
+    """Record (key, sha256 or None, at) rows as taken down, in one transaction; recorded keys stay."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path, timeout=60)) as con:
+        con.executescript(FORGOTTEN_SCHEMA)
+        with con:
+            con.executemany("INSERT OR IGNORE INTO forgotten(key, sha256, at) VALUES (?, ?, ?)", rows)
+
+
+def delete_images(con: sqlite3.Connection, hashes: Collection[str], urls: Collection[str]) -> None:
+    """Delete the files rows of `hashes` and the urls rows that served them or are in `urls`, within the
+    caller's transaction (a takedown's, on a connection that zeroes the space it frees)."""
+    tables = _tables(con)
+    for table, column, values in (
+        ("files", "sha256", hashes),
+        ("urls", "sha256", hashes),
+        ("urls", "url", urls),
+    ):
+        if values and table in tables:
+            con.execute(f"DELETE FROM {table} WHERE {column} IN ({_marks(values)})", sorted(values))

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+from scraper.config import ScrapeConfig
+
 
 class Stopped(Exception):
     """The crawl is stopping (interrupted); the item stays in the frontier for the next run."""
@@ -30,6 +32,11 @@ class HostThrottle:
         self._in_flight = 0
         self._cond = threading.Condition()
         self._rng = random.Random(seed)
+
+    @classmethod
+    def for_host(cls, config: ScrapeConfig) -> "HostThrottle":
+        """A host's throttle as `[scrape]` sets it: `default_delay` until robots.txt names its own."""
+        return cls(config.default_delay, config.delay_jitter, config.connections_per_host)
 
     def _gap(self) -> float:
         return self.delay * (1.0 + self.jitter * self._rng.random())

@@ -1,10 +1,24 @@
-"""robots.txt (RFC 9309, parsed by Protego) and the noai / noindex opt-outs of pages and images."""
+"""robots.txt (RFC 9309, parsed by Protego): fetching, per-origin caching and Crawl-delay, and the
+noai / noindex opt-outs of pages and images.
+"""
+
+from __future__ import annotations
 
 import codecs
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from protego import Protego
+
+from scraper.config import ScrapeConfig
+from scraper.downloader import REDIRECT_STATUSES, Fetched, FetchError, declared_charset
+from scraper.hosts import Host, HostGivenUp
+from scraper.urls import normalize, origin
+
+if TYPE_CHECKING:  # the manifest stores RobotsPolicy, so it imports this module
+    from scraper.manifest import Manifest
 
 MAX_ROBOTS_BYTES = 500 * 1024  # RFC 9309: parse at least 500 KiB; we read no more
 OPT_OUT_DIRECTIVES = ("noai", "noimageai", "noindex", "none")
@@ -53,6 +67,77 @@ class RobotsPolicy:
         return self.verdict != "disallow_all" and time.time() - self.fetched_at < max_age
 
 
+Send = Callable[..., Fetched]  # one request to the host, with its pacing and retries
+
+
+class RobotsCache:
+    """The policy for each origin: from the host's memory, the manifest (younger than
+    `robots_max_age`) or the site. A Crawl-delay is applied to the host when the policy is learnt."""
+
+    def __init__(self, config: ScrapeConfig, manifest: Manifest, token: str) -> None:
+        self.max_age = config.robots_max_age
+        self.max_crawl_delay = config.max_crawl_delay
+        self.manifest = manifest
+        self.token = token
+
+    def policy(self, host: Host, url: str, send: Send) -> RobotsPolicy:
+        """The policy for the URL's origin; raises HostGivenUp when it disallows everything."""
+        key = origin(url)
+        with host.lock:
+            policy = host.policies.get(key)
+            if policy is None:
+                policy = self.manifest.robots(key)
+                if policy is None or not policy.fresh(self.max_age):
+                    policy = fetch_robots(key, send)
+                    self.manifest.save_robots(key, policy)
+                host.policies[key] = policy
+                self._apply_delay(host, policy)
+        if policy.verdict == "disallow_all":
+            raise HostGivenUp(policy.reason, status="robots")
+        return policy
+
+    def _apply_delay(self, host: Host, policy: RobotsPolicy) -> None:
+        delay = policy.delay(self.token)
+        if delay is None:
+            return
+        if delay > self.max_crawl_delay:
+            raise HostGivenUp(
+                f"robots.txt asks for {delay:g} s between requests, over max_crawl_delay "
+                f"{self.max_crawl_delay:g} s",
+                status="robots",
+            )
+        host.throttle.set_delay(delay)
+
+
+def fetch_robots(site: str, send: Send) -> RobotsPolicy:
+    """GET `site`/robots.txt and turn the answer into a policy as RFC 9309 says."""
+    url = f"{site}/robots.txt"
+    for _ in range(6):  # RFC 9309: follow at least five redirects
+        try:
+            fetched = send(url, max_bytes=MAX_ROBOTS_BYTES, truncate=True)
+        except FetchError as e:
+            return _unreachable(f"{url} unreachable ({e.reason})")
+        location = fetched.headers.get("Location")
+        if fetched.status in REDIRECT_STATUSES and location and (target := normalize(location, url)):
+            url = target
+            continue
+        if fetched.status == 200:
+            text = decode_robots(fetched.body, fetched.headers.get("Content-Type"))
+            return RobotsPolicy("rules", text, fetched_at=time.time())
+        if 400 <= fetched.status < 500 and fetched.status != 429:
+            return RobotsPolicy("allow_all", reason=f"({url}: HTTP {fetched.status})", fetched_at=time.time())
+        return _unreachable(f"{url} answered HTTP {fetched.status}")
+    return RobotsPolicy("allow_all", reason="(robots.txt redirects too often)", fetched_at=time.time())
+
+
+def _unreachable(reason: str) -> RobotsPolicy:
+    return RobotsPolicy(
+        "disallow_all",
+        reason=f"{reason}: RFC 9309 says disallow all; tried again next crawl",
+        fetched_at=time.time(),
+    )
+
+
 def decode_robots(data: bytes, content_type: str | None = None) -> str:
     """robots.txt bytes to text: BOMs honoured, UTF-8 expected, the declared charset or Latin-1 else."""
     truncated = len(data) > MAX_ROBOTS_BYTES
@@ -65,21 +150,13 @@ def decode_robots(data: bytes, content_type: str | None = None) -> str:
     except UnicodeDecodeError as e:
         if truncated and e.start >= len(data) - 3:  # a character cut by the size cap
             return data[: e.start].decode("utf-8")
-    charset = _charset(content_type)
+    charset = declared_charset(content_type)
     if charset:
         try:
             return data.decode(charset)
         except (LookupError, UnicodeDecodeError):
             pass
     return data.decode("cp1252", errors="replace")
-
-
-def _charset(content_type: str | None) -> str | None:
-    for part in (content_type or "").split(";")[1:]:
-        key, _, value = part.strip().partition("=")
-        if key.lower() == "charset" and value:
-            return value.strip("\"' ")
-    return None
 
 
 def agent_token(user_agent: str) -> str:

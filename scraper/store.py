@@ -1,9 +1,9 @@
 """Content-addressed raw files: raw/<aa>/<sha256>.<ext>, written atomically, each stored once."""
 
+from common.clock import now_iso
 from common.files import atomic_write_bytes, sha256_bytes
 from common.layout import DataRoot
 from scraper.images import EXTENSIONS, ImageInfo
-from scraper.manifest import now_iso
 
 
 class RawStore:

@@ -49,6 +49,11 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def allowed_hosts(configured: list[str], seeds: list[str]) -> list[str]:
+    """`[scrape] allowed_hosts`, or the seeds' hosts when it is empty."""
+    return configured or sorted({urlsplit(s).hostname or "" for s in seeds})
+
+
 def host_allowed(url: str, allowed: list[str]) -> bool:
     """Exact host or host:port, or a `*.example.org` pattern for the domain and its subdomains."""
     parts = urlsplit(url)

@@ -35,3 +35,17 @@ def photos_dir() -> Path:
             f"{PHOTOS} is missing: the shared photos must sit beside the project (../shared/data/photos)"
         )
     return PHOTOS
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny networks run fastest on one thread, and far faster when other processes share the cores.
+
+    The training tests opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

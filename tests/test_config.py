@@ -83,3 +83,49 @@ def test_cli_exits_nonzero_with_one_line_reason(tmp_path):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "[train] batch_size" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [("steps = true", "true/false"), ('steps = "300"', "text"), ('lr_g = "2e-4"', "text")],
+)
+def test_numbers_written_as_text_or_booleans_are_errors(tmp_path, line, kind):
+    with pytest.raises(BadInputError, match=rf"\[train\] {line.split()[0]}: must be a number, not {kind}"):
+        load_config(write(tmp_path, f"[train]\n{line}\n"))
+
+
+def test_a_float_setting_takes_an_integer(tmp_path):
+    assert load_config(write(tmp_path, "[train]\nlr_g = 1\n")).train.lr_g == 1.0
+
+
+def test_crop_size_and_image_size_must_agree_when_the_config_is_read(tmp_path):
+    with pytest.raises(BadInputError, match=r"crop_size = 128 but \[validate\] image_size = 64"):
+        load_config(write(tmp_path, "[preprocess]\ncrop_size = 128\n"))
+    both = load_config(write(tmp_path, "[preprocess]\ncrop_size = 128\n[validate]\nimage_size = 128\n"))
+    assert both.preprocess.crop_size == both.validate_.image_size == 128
+
+
+def test_unreadable_configs_are_named_with_the_fix(tmp_path):
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[scrape]\nlicence = "Caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(BadInputError, match=r"latin1\.toml: not UTF-8 text.*save the file as UTF-8"):
+        load_config(latin1)
+    with pytest.raises(BadInputError, match=r"is a folder; pass a faces\.toml file"):
+        load_config(tmp_path)
+    with pytest.raises(BadInputError, match="data_dir is empty"):
+        load_config(write(tmp_path, 'data_dir = ""\n'))
+
+
+def test_demo_settings_are_a_valid_config_and_steps_override_them(tmp_path):
+    from demo.run import demo_config, load_demo
+
+    gallery, settings = load_demo()
+    cfg = demo_config(settings, tmp_path, "http://127.0.0.1:9/")
+    assert cfg.scrape.seeds == ["http://127.0.0.1:9/"] and cfg.train.device == "cpu"
+    assert cfg.train.steps == settings.train.steps and gallery.faces >= 1
+    assert demo_config(settings, tmp_path, "http://127.0.0.1:9/", steps=7).train.steps == 7
+    assert settings.scrape.seeds == []  # each run gets its own copy
+
+    typo = write(tmp_path, "[gallery]\nfacess = 3\n")
+    with pytest.raises(BadInputError, match=r"faces\.toml: unknown key \[gallery\] facess"):
+        load_demo(typo)

@@ -13,8 +13,9 @@ import torch.multiprocessing as mp
 from common.layout import DataRoot
 from models import ddp
 from models.config import TrainConfig
-from models.train import Trainer, latest_dataset, run_name
-from tests.test_train import TINY, blobs, make_dataset, tiny
+from models.runs import latest_dataset, run_name
+from models.trainer import Trainer
+from tests.train_helpers import TINY, blobs, make_dataset, tiny
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6

@@ -16,7 +16,7 @@ from PIL import Image
 from protego import Protego
 
 from common.report import BadInputError
-from flows.demo import DemoGallery, make_faces
+from demo import DemoGallery, make_faces
 from preprocess.config import PreprocessConfig
 from preprocess.detect import FaceDetector
 

@@ -1,6 +1,5 @@
 """Export of a tiny training run built here by hand, following the checkpoint contract in docs/DESIGN.md."""
 
-import csv
 import json
 import os
 import shutil
@@ -16,58 +15,21 @@ from PIL import Image
 from common.files import atomic_symlink
 from common.layout import DataRoot
 from common.report import BadInputError
-from models import inference
+from export import inference
+from export.stage import export, input_fingerprint, load_run_checkpoint
 from models.checkpoint import save_checkpoint
-from models.config import ExportConfig, TrainConfig
+from models.config import TrainConfig
 from models.dcgan import build_discriminator, build_generator
-from models.export import export, input_fingerprint, load_run_checkpoint
-from tests.test_metrics import face_crops
+from tests.export_data import DATASET_ID, IMAGE_SIZE, make_dataset, png, small_export
 
 # The tests load TorchScript directly, which torch marks deprecated on every call.
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning:torch.jit")
 
-DATASET_ID = "d0tiny"
 RUN = "tiny-run"
-IMAGE_SIZE = 32
-HOSTS = ["commons.example.org", "commons.example.org", "photos.example.net"]
-LICENCES = ["CC BY 4.0", "CC BY-SA 4.0", "CC0"]
 
 
 def tiny_config() -> TrainConfig:
     return TrainConfig(image_size=IMAGE_SIZE, nz=16, ngf=8, ndf=8, batch_size=16, steps=300, seed=3)
-
-
-def small_export(**overrides) -> ExportConfig:
-    settings = dict(n_samples=6, interpolation_steps=4, eval_samples=48, diversity_samples=12, device="cpu")
-    return ExportConfig(**(settings | overrides))
-
-
-def make_dataset(root: DataRoot) -> np.ndarray:
-    """datasets/<id>/ with real face crops, index.csv (provenance) and a README, like validate writes."""
-    images = face_crops(IMAGE_SIZE)
-    folder = root.dataset_dir(DATASET_ID)
-    folder.mkdir(parents=True)
-    np.save(folder / "images.npy", images)
-    with open(folder / "index.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["row", "crop_id", "sha256", "source_url", "page_url", "licence", "fetched_at"])
-        for row in range(len(images)):
-            host, licence = HOSTS[row % 3], LICENCES[row % 3]
-            sha = f"{row:064x}"
-            writer.writerow(
-                [
-                    row,
-                    f"{sha}-0",
-                    sha,
-                    f"https://{host}/img/{row}.jpg",
-                    f"https://{host}/p/{row}",
-                    licence,
-                    "",
-                ]
-            )
-    (folder / "README.md").write_text(f"# Dataset card: `{DATASET_ID}`\n")
-    atomic_symlink(DATASET_ID, root.latest_dataset)
-    return images
 
 
 @torch.no_grad()
@@ -152,11 +114,6 @@ def ema_generator(root: DataRoot, checkpoint: str = "best.pt") -> torch.nn.Modul
     g = build_generator(TrainConfig(**ckpt["config"]))
     g.load_state_dict(ckpt["generator_ema"])
     return g.eval()
-
-
-def png(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def test_export_writes_every_file_of_the_latest_run(exported):
@@ -315,7 +272,7 @@ def test_onnx_generator_gives_the_pytorch_generators_images(exported, tmp_path):
     """Only where the optional onnx, onnxscript and onnxruntime packages are installed."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from models.export import write_onnx
+    from export.generator_files import write_onnx
 
     root, _, _ = exported
     generator = ema_generator(root)

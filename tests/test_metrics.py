@@ -1,49 +1,14 @@
 """Quality metrics on real face crops: SWD against its noise floor, MS-SSIM diversity, memorisation."""
 
-import csv
-from functools import cache
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from common.report import BadInputError
-from models.metrics import (
-    fid_kid,
-    memorisation,
-    ms_ssim,
-    ms_ssim_diversity,
-    ms_ssim_scales,
-    sliced_wasserstein,
-    split_halves,
-    swd_noise_floor,
-)
-
-PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "photos"
-
-
-@cache
-def _face_crops(size: int) -> np.ndarray:
-    """Eye-aligned crops of the 204 shared portraits (both expressions share one pupil table)."""
-    pupils = {}
-    with open(PHOTOS / "webmorph-neutral" / "pupils.csv") as f:
-        for row in csv.DictReader(f):
-            keys = ("pupil1_x", "pupil1_y", "pupil2_x", "pupil2_y")
-            pupils[row["file"].split("_")[0]] = [float(row[k]) for k in keys]
-    crops = []
-    for path in sorted(PHOTOS.glob("webmorph-*/*.jpg")):
-        x1, y1, x2, y2 = pupils[path.name.split("_")[0]]
-        cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, 2.4 * abs(x2 - x1)
-        box = (cx - side / 2, cy - 0.4 * side, cx + side / 2, cy + 0.6 * side)
-        with Image.open(path) as im:
-            crops.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR, box=box)))
-    return np.stack(crops)
-
-
-def face_crops(size: int = 64) -> np.ndarray:
-    """(204, size, size, 3) uint8 real face crops; a fresh copy so tests cannot spoil each other's."""
-    return _face_crops(size).copy()
+from models.fid_kid import fid_kid
+from models.memorisation import memorisation
+from models.metrics import sliced_wasserstein, split_halves, swd_noise_floor
+from models.ms_ssim import ms_ssim, ms_ssim_diversity, ms_ssim_scales
+from tests.photo_crops import face_crops
 
 
 def colour_cast(images: np.ndarray, strength: int, seed: int) -> np.ndarray:

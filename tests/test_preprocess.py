@@ -32,35 +32,11 @@ from preprocess.pipeline import (
     process_batch,
     record_batch,
 )
-from tests.test_preprocess_decode import png_claiming_size
+from tests.preprocess_data import add_raw_files, png_claiming_size
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 ALL_PHOTOS = sorted(PHOTOS.glob("webmorph-*/*.jpg"))
 REPO = Path(__file__).resolve().parents[1]
-
-
-def add_raw_files(root: DataRoot, files: list[bytes], ext: str = "jpg") -> list[str]:
-    """Store files the way the scraper does (raw/<aa>/<sha256>.<ext> + a `files` row); their sha256s."""
-    root.raw_dir.mkdir(parents=True, exist_ok=True)
-    shas = []
-    with closing(sqlite3.connect(root.raw_manifest)) as db, db:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS files (sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, type TEXT, "
-            "bytes INTEGER, width INTEGER, height INTEGER, first_seen TEXT)"
-        )
-        for data in files:
-            sha = hashlib.sha256(data).hexdigest()
-            path = root.raw_path(sha, ext)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            rel = path.relative_to(root.root).as_posix()
-            db.execute(
-                "INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sha, rel, "jpeg", len(data), 512, 512, "2026-01-01T00:00:00Z"),
-            )
-            shas.append(sha)
-    return shas
 
 
 def rows(root: DataRoot, sql: str, *args) -> list[tuple]:

@@ -9,7 +9,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from common.layout import DataRoot
 from flows.pipeline import preprocess_flow
 from preprocess.config import PreprocessConfig
-from tests.test_preprocess import add_raw_files
+from tests.preprocess_data import add_raw_files
 
 
 def crops(root: DataRoot) -> set[str]:

@@ -1,8 +1,6 @@
 """load_image on every kind of file a crawl brings home: odd modes become upright BGR, bad files a reason."""
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -13,6 +11,7 @@ from PIL import Image
 from preprocess.config import PreprocessConfig
 from preprocess.decode import ImageDecodeError, load_image
 from preprocess.detect import FaceDetector
+from tests.preprocess_data import png_claiming_size
 
 PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "webmorph-neutral" / "001_03.jpg"
 
@@ -95,21 +94,6 @@ def test_a_path_works_like_bytes(tmp_path, portrait):
     path = tmp_path / "p.jpg"
     path.write_bytes(encode(portrait, "JPEG"))
     assert np.array_equal(load_image(path), load_image(path.read_bytes()))
-
-
-def png_claiming_size(width: int, height: int) -> bytes:
-    """A valid PNG header (with correct CRC) for a huge image, followed by a tiny data chunk."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from common.report import BadInputError
-from preprocess import snapshot
-from preprocess.config import ValidateConfig
-from preprocess.takedown import forget
-from preprocess.validate import validate
 from tests.validate_data import NEUTRAL, Root, face_crop, files_containing, png, pupils
+from validate import snapshot
+from validate.config import ValidateConfig
+from validate.stage import validate
+from validate.takedown import forget
 
 ROWS = pupils()
 CONFIG = ValidateConfig(min_images=8, workers=1)

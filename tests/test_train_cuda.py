@@ -15,14 +15,16 @@ import pytest
 import torch
 
 from common.layout import DataRoot
+from export.inference import sample
+from export.stage import export
 from models.checkpoint import list_checkpoints
 from models.config import TrainConfig
 from models.dcgan import build_generator
-from models.export import export
-from models.inference import sample
-from models.train import Trainer, TrainingDivergedError, latest_dataset, run_name, train
-from tests import test_export
-from tests.test_train import TINY, blobs, make_dataset, rows
+from models.runs import latest_dataset, run_name
+from models.train import train
+from models.trainer import Trainer, TrainingDivergedError
+from tests import export_data
+from tests.train_helpers import TINY, blobs, make_dataset, rows
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +49,7 @@ def test_cuda_run_uses_the_speed_ups_and_its_checkpoint_samples_on_the_cpu(root,
     assert all(group["fused"] for group in trainer.opt_d.param_groups + trainer.opt_g.param_groups)
     conv = next(p for p in trainer.d_raw.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
-    assert trainer.data.batch(0, trainer.gen).is_contiguous(memory_format=torch.channels_last)
+    assert trainer.real_batch().is_contiguous(memory_format=torch.channels_last)
     trainer.close()
 
     report = train(gpu(steps=8), root)
@@ -91,7 +93,7 @@ def test_replayed_cuda_graph_trains_exactly_like_eager_steps(root, tmp_path, exa
         exact_cuda()
         runs[graphs] = trainer, [trainer.train_step(measure=True) for _ in range(12)]
     (eager, eager_figures), (graphed, graphed_figures) = runs[False], runs[True]
-    assert graphed._graph is not None and eager._graph is None
+    assert graphed.graphed_step.captured and not eager.graphed_step.captured
     for key, value in eager.g_raw.state_dict().items():
         assert torch.equal(graphed.g_raw.state_dict()[key], value), key
     for key, value in eager.d_raw.state_dict().items():
@@ -159,12 +161,12 @@ def test_torchrun_on_the_gpu_trains_with_nccl_and_sync_batchnorm(root, tmp_path)
 @pytest.mark.filterwarnings("ignore::FutureWarning:torch.jit")
 def test_export_of_a_cuda_run_on_the_gpu_samples_alike_on_the_cpu(tmp_path):
     root = DataRoot(tmp_path / "data")
-    test_export.make_dataset(root)  # real face crops with provenance, as validate leaves them
+    export_data.make_dataset(root)  # real face crops with provenance, as validate leaves them
     train(gpu(image_size=32, steps=8), root)
-    out = Path(export(test_export.small_export(device="auto"), root).outputs["weights"]).parent
+    out = Path(export(export_data.small_export(device="auto"), root).outputs["weights"]).parent
     assert json.loads((out / "export.json").read_text())["device"].startswith("cuda")
     on_gpu = sample(out / "generator.pt", 4, seed=1, out_dir=tmp_path / "gpu", device="cuda")
     on_cpu = sample(out / "generator.pt", 4, seed=1, out_dir=tmp_path / "cpu", device="cpu")
     for a, b in zip(on_gpu, on_cpu, strict=True):
-        diff = np.abs(test_export.png(a).astype(int) - test_export.png(b).astype(int))
+        diff = np.abs(export_data.png(a).astype(int) - export_data.png(b).astype(int))
         assert diff.mean() < 1.0 and diff.max() <= 16  # the same images up to TF32 and cuDNN rounding

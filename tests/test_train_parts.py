@@ -8,12 +8,15 @@ import torch
 
 from common.layout import DataRoot
 from common.report import BadInputError
+from models.cli import load_train_config
 from models.config import TrainConfig
 from models.data import DeviceDataset, fit_images, open_images
 from models.dcgan import build_discriminator, build_generator
-from models.train import load_train_config, train
+from models.train import train
 from models.watch import Watch
-from tests.test_train import blobs, make_dataset, one_thread, tiny  # noqa: F401
+from tests.train_helpers import blobs, make_dataset, tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("model", ["dcgan", "mlp"])
@@ -38,12 +41,13 @@ def test_dataset_is_resized_and_converted_once():
 
 def test_batches_walk_epochs_in_order_and_repeat_for_the_same_step():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 4, 4, 3).contiguous()
-    data = DeviceDataset(images, 4, torch.device("cpu"), seed=3, flip=False)
-    first_epoch = torch.cat([data.indices(0), data.indices(1), data.indices(2)])[:10]
+    data = DeviceDataset(images, torch.device("cpu"), seed=3, flip=False)
+    first_epoch = torch.cat([data.rows(0, 4), data.rows(4, 4), data.rows(8, 4)])[:10]
     assert sorted(first_epoch.tolist()) == list(range(10))  # every image once per epoch
-    again = DeviceDataset(images, 4, torch.device("cpu"), seed=3, flip=False)
-    assert torch.equal(again.batch(7), data.batch(7))  # a resumed run sees the same batch
-    batch = data.batch(0)
+    again = DeviceDataset(images, torch.device("cpu"), seed=3, flip=False)
+    # batch 7 of 4 images: a resumed run sees the same batch
+    assert torch.equal(again.batch(again.rows(28, 4)), data.batch(data.rows(28, 4)))
+    batch = data.batch(data.rows(0, 4))
     assert batch.shape == (4, 3, 4, 4) and batch.min() >= -1 and batch.max() <= 1
 
 

@@ -8,11 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from common.layout import DataRoot
-from models.train import latest_dataset, run_name, train
-from tests.test_train import TINY, blobs, make_dataset, one_thread, rows, tiny, weights  # noqa: F401
+from models.runs import latest_dataset, run_name
+from models.train import train
+from tests.train_helpers import TINY, blobs, make_dataset, rows, tiny, weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from common.report import BadInputError
-from preprocess import snapshot
-from preprocess.checks import NearDuplicateIndex, phash
-from preprocess.config import ValidateConfig
-from preprocess.validate import input_fingerprint, list_quarantine, release, validate
 from tests.validate_data import NEUTRAL, Root, face_crop, png, pupils
+from validate import snapshot
+from validate.checks import NearDuplicateIndex, phash
+from validate.config import ValidateConfig
+from validate.quarantine import list_quarantine, release
+from validate.stage import input_fingerprint, validate
 
 ROWS = pupils()
 CONFIG = ValidateConfig(min_images=8, workers=1)

@@ -9,17 +9,18 @@ request they see, so tests assert on what a server saw: paths, headers, times.
         assert b.paths() == ["/robots.txt", "/x.jpg"]
 
 Routes are static `Reply`s or functions of the `Seen` request returning one. A reply with an
-`etag` or `last_modified` answers conditional requests with 304, as a real server does.
+`etag` or `last_modified` answers conditional requests with 304, as a real server does. Each host
+is a demo.server.RecordingServer, as the demo gallery is.
 """
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
+
+from demo.server import RecordingHandler, RecordingServer
 
 
 @dataclass
@@ -51,31 +52,15 @@ class Reply:
 Route = Reply | Callable[[Seen], Reply]
 
 
-class Host:
+class Host(RecordingServer[Seen]):
     """One loopback host: an HTTP server with its routes and the log of what it saw."""
 
     def __init__(self, address: str) -> None:
+        super().__init__(_Handler, host=address)
         self.address = address
         self.routes: dict[str, Route] = {}
-        self.seen: list[Seen] = []
-        self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer((address, 0), _handler(self))
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
+        self.bind()  # the port is known from the start: pages may link to any host
         self.netloc = f"{address}:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-        self._thread.daemon = True
-
-    def start(self) -> "Host":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def url(self, path: str = "/") -> str:
-        return f"http://{self.netloc}{path}"
 
     # routes
     def add(self, path: str, route: Route) -> None:
@@ -91,20 +76,11 @@ class Host:
         self.add("/robots.txt", Reply(body=text.encode(), content_type="text/plain", **reply))
 
     # what the server saw
-    def record(self, seen: Seen) -> None:
-        with self._lock:
-            self.seen.append(seen)
-
     def requests(self, path: str | None = None) -> list[Seen]:
-        with self._lock:
-            return [s for s in self.seen if path is None or s.path == path]
+        return [s for s in super().requests() if path is None or s.path == path]
 
     def paths(self) -> list[str]:
         return [s.path for s in self.requests()]
-
-    def clear(self) -> None:
-        with self._lock:
-            self.seen.clear()
 
 
 class Website:
@@ -126,66 +102,62 @@ class Website:
         return sorted((s for h in self.hosts for s in h.requests()), key=lambda s: s.start)
 
 
-def _handler(host: Host) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
-        disable_nagle_algorithm = True  # headers and body in separate writes must not wait for an ACK
+class _Handler(RecordingHandler):
+    """Answers from the host's routes; a reply with a validator answers conditional requests with 304."""
 
-        def log_message(self, *args) -> None:  # quiet
-            pass
+    owner: Host
 
-        def do_GET(self) -> None:
-            seen = Seen("GET", self.path, dict(self.headers.items()), time.monotonic(), wall=time.time())
-            seen.client_port = self.client_address[1]
-            host.record(seen)
-            route = host.routes.get(self.path) or host.routes.get(self.path.split("?")[0])
-            reply = route(seen) if callable(route) else route
-            if reply is None:
-                reply = Reply(404, b"not found", content_type="text/plain")
-            try:
-                self._send(reply, seen)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the crawler hung up on purpose (a cap, an opt-out)
-            finally:
-                seen.end = time.monotonic()
+    def do_GET(self) -> None:
+        host = self.owner
+        seen = Seen("GET", self.path, dict(self.headers.items()), time.monotonic(), wall=time.time())
+        seen.client_port = self.client_address[1]
+        host.record(seen)
+        route = host.routes.get(self.path) or host.routes.get(self.path.split("?")[0])
+        reply = route(seen) if callable(route) else route
+        if reply is None:
+            reply = Reply(404, b"not found", content_type="text/plain")
+        try:
+            self._send(reply, seen)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the crawler hung up on purpose (a cap, an opt-out)
+        finally:
+            seen.end = time.monotonic()
 
-        def _send(self, reply: Reply, seen: Seen) -> None:
-            if reply.delay:
-                time.sleep(reply.delay)
-            headers = dict(reply.headers)
-            if reply.content_type:
-                headers["Content-Type"] = reply.content_type
-            if reply.etag:
-                headers["ETag"] = reply.etag
-            if reply.last_modified:
-                headers["Last-Modified"] = reply.last_modified
-            if _not_modified(reply, seen.headers):
-                self.send_response(304)
-                for k, v in headers.items():
-                    if k in ("ETag", "Last-Modified"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(reply.status)
+    def _send(self, reply: Reply, seen: Seen) -> None:
+        if reply.delay:
+            time.sleep(reply.delay)
+        headers = dict(reply.headers)
+        if reply.content_type:
+            headers["Content-Type"] = reply.content_type
+        if reply.etag:
+            headers["ETag"] = reply.etag
+        if reply.last_modified:
+            headers["Last-Modified"] = reply.last_modified
+        if _not_modified(reply, seen.headers):
+            self.send_response(304)
             for k, v in headers.items():
-                self.send_header(k, v)
-            if reply.chunked:
-                self.send_header("Transfer-Encoding", "chunked")
-            else:
-                self.send_header("Content-Length", str(len(reply.body)))
+                if k in ("ETag", "Last-Modified"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", "0")
             self.end_headers()
-            step = 1024 if reply.drip or reply.chunked else max(len(reply.body), 1)
-            for i in range(0, len(reply.body), step):
-                chunk = reply.body[i : i + step]
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
-                self.wfile.flush()
-                if reply.drip:
-                    time.sleep(reply.drip)
-            if reply.chunked:
-                self.wfile.write(b"0\r\n\r\n")
-
-    return Handler
+            return
+        self.send_response(reply.status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if reply.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        step = 1024 if reply.drip or reply.chunked else max(len(reply.body), 1)
+        for i in range(0, len(reply.body), step):
+            chunk = reply.body[i : i + step]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
+            self.wfile.flush()
+            if reply.drip:
+                time.sleep(reply.drip)
+        if reply.chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
 
 def _not_modified(reply: Reply, headers: dict[str, str]) -> bool:

@@ -21,29 +21,35 @@ import re
 import shutil
 import sqlite3
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 
+from common.clock import now_iso
 from common.files import atomic_write_json, sha256_file
 from common.layout import DataRoot
 from common.report import BadInputError, StageReport
-from preprocess import snapshot
-from preprocess.checks import REASONS
-from preprocess.config import ValidateConfig
-from preprocess.validate_store import as_root, connect, has_table, now_iso, store_path
+from preprocess import manifest as faces_manifest
+from scraper import manifest as raw_manifest
+from validate import snapshot
+from validate.checks import REASONS
+from validate.config import ValidateConfig
+from validate.inputs import as_root
+from validate.stage import validate
+from validate.store import connect, delete_crops
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
-FORGOTTEN_SCHEMA = "CREATE TABLE IF NOT EXISTS forgotten(key TEXT PRIMARY KEY, sha256 TEXT, at TEXT)"
 
 
 @dataclass
 class Target:
     key: str
     shas: set[str] = field(default_factory=set)  # source images to remove
-    urls: set[str] = field(default_factory=set)  # every URL that served one of them, or the page's URLs
+    # every URL that served one of them, or the page's URLs -> the hash it served (None: nothing stored)
+    urls: dict[str, str | None] = field(default_factory=dict)
     crop_ids: set[str] = field(default_factory=set)
     crop_files: set[Path] = field(default_factory=set)
 
@@ -69,7 +75,7 @@ def forget(key: str, root: DataRoot | str | Path, validate_config: ValidateConfi
     notes = snapshot_notes(removed, redacted) + runs_notes(root, removed)
     outputs = {}
     try:
-        report = snapshot_after(root, validate_config)
+        report = validate(validate_config, root)
         outputs = {k: v for k, v in report.outputs.items() if k in ("dataset", "report", "card")}
         notes += report.notes
     except BadInputError as e:
@@ -112,31 +118,14 @@ def resolve(root: DataRoot, key: str) -> Target:
     target = Target(key)
     if SHA256.fullmatch(key):
         target.shas.add(key)
-    if root.raw_manifest.is_file():
-        with connect(root.raw_manifest) as con:
-            if has_table(con, "urls"):
-                rows = con.execute("SELECT url, sha256 FROM urls WHERE url = ? OR page_url = ?", (key, key))
-                for url, sha in rows:
-                    target.urls.add(url)
-                    if sha:
-                        target.shas.add(sha)
-            if has_table(con, "forgotten"):  # a takedown killed after its rows went: finish it
-                target.shas |= {
-                    s for (s,) in con.execute("SELECT sha256 FROM forgotten WHERE key = ?", (key,)) if s
-                }
-            if has_table(con, "urls") and target.shas:
-                marks = ",".join("?" * len(target.shas))
-                rows = con.execute(f"SELECT url FROM urls WHERE sha256 IN ({marks})", sorted(target.shas))
-                target.urls |= {url for (url,) in rows}
-    if root.faces_manifest.is_file() and target.shas:
-        with connect(root.faces_manifest) as con:
-            if has_table(con, "crops"):
-                marks = ",".join("?" * len(target.shas))
-                for crop_id, path in con.execute(
-                    f"SELECT crop_id, path FROM crops WHERE sha256 IN ({marks})", sorted(target.shas)
-                ):
-                    target.crop_ids.add(crop_id)
-                    target.crop_files.add(root.root / path)
+    target.urls = raw_manifest.urls_found_at(root.raw_manifest, key)
+    target.shas |= {sha for sha in target.urls.values() if sha}
+    # a takedown killed after its rows went: its record still names the hashes, so finish it
+    target.shas |= raw_manifest.forgotten_hashes(root.raw_manifest, key)
+    target.urls |= raw_manifest.urls_serving(root.raw_manifest, target.shas)
+    for crop_id, path in faces_manifest.crops_of_sources(root.faces_manifest, target.shas):
+        target.crop_ids.add(crop_id)
+        target.crop_files.add(root.root / path)
     for sha in target.shas:  # crops on disk that no row names (a run killed mid-write)
         for path in root.faces_dir.glob(f"{sha}-*.png"):
             target.crop_ids.add(path.stem)
@@ -146,21 +135,12 @@ def resolve(root: DataRoot, key: str) -> Target:
 
 def record_forgotten(root: DataRoot, target: Target) -> None:
     """The record that outlives the image: the key, every URL and every hash, in one transaction."""
-    root.raw_dir.mkdir(parents=True, exist_ok=True)
     at = now_iso()
     only = next(iter(target.shas)) if len(target.shas) == 1 else None
     rows = [(target.key, only, at)]
-    rows += [(url, sha_of_url(root, url, target), at) for url in sorted(target.urls)]
+    rows += [(url, sha if sha in target.shas else None, at) for url, sha in sorted(target.urls.items())]
     rows += [(sha, sha, at) for sha in sorted(target.shas)]
-    with connect(root.raw_manifest) as con, con:
-        con.execute(FORGOTTEN_SCHEMA)
-        con.executemany("INSERT OR IGNORE INTO forgotten(key, sha256, at) VALUES (?, ?, ?)", rows)
-
-
-def sha_of_url(root: DataRoot, url: str, target: Target) -> str | None:
-    with connect(root.raw_manifest) as con:
-        row = con.execute("SELECT sha256 FROM urls WHERE url = ?", (url,)).fetchone()
-    return row[0] if row and row[0] in target.shas else None
+    raw_manifest.record_forgotten(root.raw_manifest, rows)
 
 
 # --- snapshots --------------------------------------------------------------------------------------------
@@ -218,12 +198,6 @@ def blank_tiles(sheet_path: Path, ids: list[str], gone: set[str], size: int) -> 
     snapshot.write_png(sheet_path, sheet)
 
 
-def snapshot_after(root: DataRoot, config: ValidateConfig) -> StageReport:
-    from preprocess.validate import validate  # validate imports snapshot too; keep the graph simple
-
-    return validate(config, root)
-
-
 def snapshot_notes(removed: list[str], redacted: list[str]) -> list[str]:
     notes = []
     if removed:
@@ -270,31 +244,24 @@ def remove_files(root: DataRoot, target: Target) -> int:
 
 
 def remove_rows(root: DataRoot, target: Target, crop_hashes: set[str]) -> None:
-    shas, urls, ids = sorted(target.shas), sorted(target.urls), sorted(target.crop_ids)
-    if store_path(root).is_file():
-        delete(
-            store_path(root),
-            [
-                ("measures", "crop_sha256", sorted(crop_hashes)),
-                ("quarantine", "sha256", shas),
-                ("releases", "crop_id", ids),
-            ],
-        )
+    """Each database's rows of the image, each owner's SQL; the raw manifest's last: they map the URL
+    to the image."""
+    if root.validate_store.is_file():
+        with erasing(root.validate_store) as con:
+            delete_crops(con, crop_hashes, target.shas, target.crop_ids)
     if root.faces_manifest.is_file():
-        delete(root.faces_manifest, [("crops", "sha256", shas), ("processed", "sha256", shas)])
-    if root.raw_manifest.is_file():  # last: these rows map the URL to the image
-        delete(
-            root.raw_manifest, [("files", "sha256", shas), ("urls", "sha256", shas), ("urls", "url", urls)]
-        )
+        with erasing(root.faces_manifest) as con:
+            faces_manifest.delete_sources(con, target.shas)
+    if root.raw_manifest.is_file():
+        with erasing(root.raw_manifest) as con:
+            raw_manifest.delete_images(con, target.shas, target.urls)
 
 
-def delete(db: Path, where: list[tuple[str, str, list[str]]]) -> None:
-    """Delete rows in one transaction, zeroing the freed space, then truncate the write-ahead log."""
+@contextmanager
+def erasing(db: Path) -> Iterator[sqlite3.Connection]:
+    """One transaction whose deletions zero the freed space; then the write-ahead log is truncated."""
     with connect(db, secure_delete=True) as con:
         with con:
-            for table, column, values in where:
-                if values and has_table(con, table):
-                    marks = ",".join("?" * len(values))
-                    con.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", values)
+            yield con
         with suppress(sqlite3.OperationalError):  # another process is writing: its checkpoint does it
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -13,34 +13,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# Skin tones from light to dark (BGR); a face interpolates between two neighbours.
-SKIN_TONES = np.array(
-    [
-        [196, 224, 255],
-        [170, 205, 241],
-        [140, 180, 224],
-        [105, 150, 198],
-        [72, 112, 160],
-        [48, 78, 118],
-        [34, 54, 84],
-    ],
-    dtype=np.float32,
-)
-HAIR_COLOURS = np.array(
-    [
-        [20, 20, 25],
-        [30, 40, 60],
-        [35, 60, 100],
-        [60, 100, 150],
-        [90, 160, 210],
-        [40, 50, 140],
-        [170, 170, 175],
-    ],
-    dtype=np.float32,
-)
-IRIS_COLOURS = np.array(
-    [[40, 60, 90], [30, 40, 60], [150, 110, 60], [90, 120, 70], [120, 110, 90]], dtype=np.float32
-)
+
+def _bgr(*rgb_hex: str) -> np.ndarray:
+    """Colours written as RGB hex, as OpenCV's BGR: an (n, 3) float32 array."""
+    return np.array([[int(h[i : i + 2], 16) for i in (4, 2, 0)] for h in rgb_hex], dtype=np.float32)
+
+
+# Skin tones from light to dark; a face interpolates between two neighbours.
+SKIN_TONES = _bgr("ffe0c4", "f1cdaa", "e0b48c", "c69669", "a07048", "764e30", "543622")
+HAIR_COLOURS = _bgr("191414", "3c281e", "643c23", "96643c", "d2a05a", "8c3228", "afaaaa")
+IRIS_COLOURS = _bgr("5a3c28", "3c281e", "3c6e96", "46785a", "5a6e78")
 HAIR_STYLES = ("short", "long", "bob", "bald", "bun", "fringe")
 
 

@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
 
 from common.report import BadInputError
-from flows.demo.faces import draw_face, draw_non_face
+from demo.faces import draw_face, draw_non_face
+from demo.server import RecordingHandler, RecordingServer
 
 LICENCE_URL = "https://creativecommons.org/publicdomain/zero/1.0/"
 PLACEHOLDER = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
@@ -86,7 +86,7 @@ def _resource(body: bytes, content_type: str) -> _Resource:
     return _Resource(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
 
 
-class DemoGallery:
+class DemoGallery(RecordingServer[Request]):
     """The demo website. Use as a context manager, or call start() and stop()."""
 
     def __init__(
@@ -99,16 +99,13 @@ class DemoGallery:
     ):
         if n_faces < 1:
             raise BadInputError(f"DemoGallery n_faces = {n_faces}: must be at least 1; ask for some faces")
-        self.n_faces, self.seed, self.host, self.port = n_faces, seed, host, port
+        super().__init__(_Handler, host, port)
+        self.n_faces, self.seed = n_faces, seed
         self.crawl_delay = crawl_delay
         # A fixed date, so that Last-Modified is the same on every run with the same seed.
         self.last_modified = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=seed % 365)
         self.images: list[GalleryImage] = []
         self._resources: dict[str, _Resource] = {}
-        self._log: list[Request] = []
-        self._log_lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.generation_seconds = 0.0
 
     # ------------------------------------------------------------ lifecycle
@@ -117,42 +114,18 @@ class DemoGallery:
         if self._server is not None:
             return self
         t0 = time.perf_counter()
-        # Bind first: the pages carry absolute URLs, which need the port.
-        self._server = _GalleryServer((self.host, self.port), _Handler, self)
-        self.port = self._server.server_address[1]
+        self.bind()  # first: the pages carry absolute URLs, which need the port
         try:
             self._build_images()
             self._build_pages()
         except BaseException:
-            self._server.server_close()
-            self._server = None
+            self.stop()
             raise
         self.generation_seconds = time.perf_counter() - t0
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        super().start()
         return self
 
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> "DemoGallery":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     # ------------------------------------------------------------ what tests and the demo look at
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def seed_url(self) -> str:
@@ -160,11 +133,7 @@ class DemoGallery:
 
     @property
     def request_log(self) -> list[Request]:
-        with self._log_lock:
-            return list(self._log)
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
+        return self.requests()
 
     def images_of(self, kind: str, private: bool = False) -> list[GalleryImage]:
         return [im for im in self.images if im.kind == kind and im.private == private]
@@ -273,12 +242,6 @@ class DemoGallery:
         )
         return _html(f"Gallery page {number}", content, images, base_url=self.base_url)
 
-    # ------------------------------------------------------------ HTTP
-
-    def _record(self, request: Request) -> None:
-        with self._log_lock:
-            self._log.append(request)
-
 
 def _img_tag(im: GalleryImage, style: int, base_url: str = "") -> str:
     """The four ways the pages embed an image: plain src, srcset, lazy data-src, thumbnail link."""
@@ -320,17 +283,8 @@ def _html(title: str, content: str, images: list[GalleryImage], base_url: str = 
     return page.encode()
 
 
-class _GalleryServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address, handler, gallery: DemoGallery):
-        self.gallery = gallery
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _GalleryServer
-    protocol_version = "HTTP/1.1"
+class _Handler(RecordingHandler):
+    """Answers from the gallery's resources, with 304s to conditional requests."""
 
     def do_GET(self) -> None:
         self._answer(send_body=True)
@@ -340,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, send_body: bool) -> None:
         arrived = time.monotonic()
-        gallery = self.server.gallery
+        gallery: DemoGallery = self.owner
         resource = gallery._resources.get(unquote(urlsplit(self.path).path))
         if resource is None:
             status, body = 404, b"Not found\n"
@@ -349,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = b"" if status == 304 else resource.body
         # Logged before answering: a client that has its response finds its request in the log.
         agent = self.headers.get("User-Agent", "")
-        gallery._record(Request(self.path, arrived, self.command, status, agent))
+        gallery.record(Request(self.path, arrived, self.command, status, agent))
         self.send_response(status)
         if resource is None:
             self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -377,12 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return False  # an unreadable date is ignored, as the RFC says
         return False
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        pass  # the request log records every request; stderr stays quiet
-
 
 def main() -> None:
-    """Serve the gallery until Ctrl-C: `python -m flows.demo.gallery --port 8000`."""
+    """Serve the gallery until Ctrl-C: `python -m demo.gallery --port 8000`."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Serve the demo gallery on 127.0.0.1.")

@@ -22,10 +22,17 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from common.files import atomic_symlink, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
+from common.files import (
+    atomic_symlink,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    pid_alive,
+)
 from common.layout import DataRoot
-from preprocess.checks import REASONS
-from preprocess.validate_store import Provenance
+from validate.checks import REASONS
+from validate.inputs import Provenance
 
 INDEX_COLUMNS = ["row", "crop_id", "sha256", "source_url", "page_url", "licence", "fetched_at"]
 TMP_PREFIX = ".tmp-"
@@ -348,13 +355,3 @@ def clean_leftovers(root: DataRoot) -> None:
             and not pid_alive(p.name.rsplit("-", 1)[-1])
         ):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -127,7 +127,7 @@ def generate(generator: Callable, z: torch.Tensor, device: str | torch.device = 
 
 
 def save_images(images: np.ndarray, out_dir: Path, prefix: str = "sample") -> list[Path]:
-    from models.plots import save_png
+    from export.plots import save_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(images) - 1)))

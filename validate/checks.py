@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from preprocess.config import PreprocessConfig, ValidateConfig
+from preprocess.config import PreprocessConfig
+from preprocess.detect import FaceDetector
+from validate.config import ValidateConfig
 
 # Bump when a measurement changes meaning: cached measurements from older versions are then redone.
 MEASURE_VERSION = 1
@@ -81,8 +83,6 @@ class FaceRechecker:
     """YuNet (through preprocess.detect) on a crop given a little room around the face."""
 
     def __init__(self) -> None:
-        from preprocess.detect import FaceDetector
-
         side = RECHECK_SIZE + 2 * RECHECK_BORDER
         config = PreprocessConfig(
             detector="yunet",

@@ -1,0 +1,1 @@
+"""export: samples, metrics, plots, the model card and a generator for inference (no Prefect)."""

@@ -1,0 +1,138 @@
+"""What a page means: its links (within depth, hosts and trap limits) and images go to the frontier,
+its row to the manifest. An unchanged page (304) replays the links and images stored last time; a
+page that opts out (X-Robots-Tag, <meta name="robots">) passes the opt-out on to its images.
+"""
+
+import json
+from dataclasses import dataclass
+
+from common.clock import now_iso
+from scraper.config import ScrapeConfig
+from scraper.crawl_report import ItemDone
+from scraper.downloader import Fetched, declared_charset
+from scraper.extract import ImageCandidate, extract
+from scraper.fetcher import Fetcher
+from scraper.hosts import Host, HostGivenUp
+from scraper.manifest import Item, Manifest
+from scraper.robots import directives_opt_out, header_opt_out
+from scraper.urls import host_key
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+@dataclass
+class PageContent:
+    """What the crawler takes from a page, read now or replayed from its stored row."""
+
+    links: list[str]
+    images: list[ImageCandidate]
+    opt_out: str | None  # the directive that opts the page's images out
+    nofollow: bool
+
+    @classmethod
+    def from_row(cls, row: dict) -> "PageContent":
+        images = [ImageCandidate(**d) for d in _json_list(row["images"])]
+        return cls(_json_list(row["links"]), images, row["opt_out"], bool(row["nofollow"]))
+
+    def row(self) -> dict:
+        """The `pages` columns that hold this content."""
+        return {
+            "opt_out": self.opt_out,
+            "nofollow": int(self.nofollow),
+            "links": json.dumps(self.links),
+            "images": json.dumps([c.to_dict() for c in self.images]),
+        }
+
+
+@dataclass
+class PageHandler:
+    """Visits page items: records each page and puts what it links to in the frontier."""
+
+    config: ScrapeConfig
+    manifest: Manifest
+    fetcher: Fetcher
+    token: str  # our product token, for robots meta tags and X-Robots-Tag
+    limits: dict[str, int]  # frontier items per kind, at most
+
+    def handle(self, item: Item, host: Host) -> ItemDone:
+        out = self.fetcher.request(item, host, max_bytes=self.config.max_page_bytes, check_headers=html_only)
+        row = {"url": out.url, "host": host_key(out.url), "fetched_at": now_iso()}
+        if out.kind in ("redirected", "forgotten"):
+            self.manifest.mark_done(item.url)
+            return ItemDone(out.kind, out.added)
+        if out.kind in ("robots", "failed"):
+            self.manifest.finish_page(item.url, row | {"status": out.kind, "error": out.reason}, [], {})
+            return ItemDone("robots" if out.kind == "robots" else "pages_failed")
+        fetched = out.fetched
+        row |= {"http_status": fetched.status, "etag": fetched.headers.get("ETag")}
+        row["last_modified"] = fetched.headers.get("Last-Modified")
+        if fetched.status == 304 and (previous := self.manifest.page_row(out.url)):
+            row = previous | {"status": "not_modified", "http_status": 304}
+            content = PageContent.from_row(previous)
+        elif fetched.status != 200 or fetched.stopped:
+            error = fetched.stopped or f"HTTP {fetched.status}"
+            self.manifest.finish_page(item.url, row | {"status": "failed", "error": error}, [], {})
+            return ItemDone("pages_failed")
+        else:
+            content = self._read(fetched, out.url)
+            row |= {"status": "fetched"} | content.row()
+        found = self._found(item, out.url, content)
+        added, over = self.manifest.finish_page(item.url, row, found, self.limits)
+        return ItemDone("pages", added, over)
+
+    def record_given_up(self, item: Item, error: HostGivenUp) -> ItemDone:
+        row = {"url": item.url, "host": item.host, "status": error.status, "error": error.reason}
+        self.manifest.finish_page(item.url, row | {"fetched_at": now_iso()}, [], {})
+        return ItemDone("robots" if error.status == "robots" else "pages_failed")
+
+    def _read(self, fetched: Fetched, url: str) -> PageContent:
+        c = self.config
+        page = extract(
+            _decode_html(fetched),
+            url,
+            follow=c.follow,
+            follow_pattern=c.follow_pattern,
+            image_scope=c.image_scope,
+            agent_token=self.token,
+            allowed_types=tuple(c.allowed_types),
+        )
+        header = header_opt_out(fetched.headers.get("X-Robots-Tag"), self.token)
+        nofollow = bool({"nofollow", "none"} & page.robots) or header == "none"
+        return PageContent(page.links, page.images, header or directives_opt_out(page.robots), nofollow)
+
+    def _found(self, item: Item, page_url: str, content: PageContent) -> list[Item]:
+        """Frontier items for the page's links (unless nofollow) and images."""
+        found = []
+        if item.depth < self.config.max_depth and not content.nofollow:
+            for url in content.links:
+                if self.fetcher.refusal(url) is None:
+                    found.append(Item(url, "page", host_key(url), item.depth + 1, page_url))
+        for candidate in content.images:
+            if self.fetcher.refusal(candidate.url) is None:
+                meta = candidate.to_dict() | ({"opt_out": content.opt_out} if content.opt_out else {})
+                meta.pop("url")
+                found.append(
+                    Item(candidate.url, "image", host_key(candidate.url), item.depth + 1, page_url, meta)
+                )
+        return found
+
+
+def html_only(fetched: Fetched) -> str | None:
+    """Why the body of a page response is not read (it is not HTML), or None."""
+    kind = (fetched.headers.get("Content-Type") or "text/html").split(";")[0].strip().lower()
+    return None if kind in HTML_TYPES else f"not HTML ({kind})"
+
+
+def _decode_html(fetched: Fetched) -> str | bytes:
+    """Text when the server names a charset, else bytes for BeautifulSoup to sniff (<meta charset>)."""
+    charset = declared_charset(fetched.headers.get("Content-Type"))
+    if charset:
+        try:
+            return fetched.body.decode(charset, errors="replace")
+        except LookupError:
+            pass
+    return fetched.body
+
+
+def _json_list(text: str | None) -> list:
+    return json.loads(text) if text else []

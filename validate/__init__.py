@@ -1,0 +1,1 @@
+"""validate: dataset checks, quarantine with reasons, frozen dataset snapshots, takedown (no Prefect)."""
