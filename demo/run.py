@@ -11,6 +11,7 @@ from pydantic import Field
 
 from common.config import StrictModel, parse_model, read_toml
 from demo.gallery import DemoGallery
+from flows import local_server
 from flows.config import PipelineConfig
 
 DEMO_TOML = Path(__file__).with_name("demo.toml")
@@ -39,7 +40,7 @@ def demo_config(
     cfg = cfg.model_copy(deep=True)
     cfg.data_dir = str(data_dir)
     cfg.scrape.seeds = [seed_url]
-    if steps:
+    if steps is not None:
         cfg.train.steps = steps
     return cfg
 
@@ -49,9 +50,10 @@ def run_demo(data_dir: Path, steps: int | None = None, keep_serving: bool = Fals
     # The demo is offline: no usage telemetry from Prefect's client or its temporary server.
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.pipeline import faces_pipeline  # imports torch and Prefect: after argument parsing
-
     gallery_settings, settings = load_demo()  # before the gallery starts: a typo fails at once
+    local_server.start_if_needed()
+    from flows.pipeline import faces_pipeline  # imports torch and Prefect: after the settings are read
+
     started = time.monotonic()
     with DemoGallery(
         gallery_settings.faces,

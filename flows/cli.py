@@ -1,6 +1,8 @@
 """The `faces` command: run the pipeline or one stage now, serve deployments, run the offline demo.
 
 Every command takes --config (faces.toml) and --data-dir; on failure it prints one line and exits 1.
+The config is read and checked before Prefect or torch is imported (seconds of start-up), so a
+mistake in it is reported at once.
 """
 
 import argparse
@@ -9,14 +11,26 @@ import sys
 from pathlib import Path
 
 from common.report import BadInputError
+from flows import local_server
 from flows.config import STAGES, PipelineConfig, load_config
 
 
 def _load(args: argparse.Namespace) -> PipelineConfig:
     cfg = load_config(args.config or _default_config())
-    if getattr(args, "data_dir", None):
-        cfg.data_dir = args.data_dir
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        if not data_dir.strip():
+            raise BadInputError("--data-dir is empty; give a folder such as --data-dir data, or leave it out")
+        cfg.data_dir = data_dir
     return cfg
+
+
+def _checked_stages(text: str | None) -> list[str]:
+    stages = text.split(",") if text else list(STAGES)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise BadInputError(f"unknown stage(s) {unknown} in --stages; choose from {','.join(STAGES)}")
+    return stages
 
 
 def _default_config() -> Path | None:
@@ -26,13 +40,11 @@ def _default_config() -> Path | None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    stages = _checked_stages(args.stages)
+    local_server.start_if_needed()
     from flows.pipeline import faces_pipeline
 
-    cfg = _load(args)
-    stages = args.stages.split(",") if args.stages else list(STAGES)
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise BadInputError(f"unknown stage(s) {unknown} in --stages; choose from {','.join(STAGES)}")
     results = faces_pipeline(data_dir=cfg.data_dir, stages=stages, force=args.force, **cfg.stage_configs())
     _print_results(results)
 
@@ -40,9 +52,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_stage(args: argparse.Namespace) -> None:
     if args.stage == "validate" and (args.release or args.quarantine):
         return cmd_quarantine(args)
+    cfg = _load(args)
+    local_server.start_if_needed()
     from flows.pipeline import STAGE_FLOWS
 
-    cfg = _load(args)
     kwargs = {"run": args.run} if args.stage == "export" else {}
     result = STAGE_FLOWS[args.stage](
         data_dir=cfg.data_dir, force=args.force, **{args.stage: cfg.stage_configs()[args.stage]}, **kwargs
@@ -83,15 +96,29 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    local_server.start_if_needed()
     from flows.deployments import serve_all
 
-    serve_all(_load(args))
+    serve_all(cfg)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    if args.data_dir is not None and not args.data_dir.strip():
+        raise BadInputError("--data-dir is empty; give a folder, or leave it out for ./demo-data")
     from demo.run import run_demo
 
     run_demo(Path(args.data_dir or "demo-data"), steps=args.steps, keep_serving=args.keep_serving)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of steps; give 1 or more")
+    return value
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -154,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline offline, on a local demo gallery")
     p.add_argument("--data-dir", help="where the demo writes (default: ./demo-data)")
-    p.add_argument("--steps", type=int, help="training steps (default: a few minutes on 2 CPU cores)")
+    p.add_argument(
+        "--steps", type=_positive_int, help="training steps (default: a few minutes on 2 CPU cores)"
+    )
     p.add_argument("--keep-serving", action="store_true", help="keep the gallery up after the run")
     p.set_defaults(func=cmd_demo)
 

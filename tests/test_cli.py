@@ -1,6 +1,7 @@
 """The `faces` command: a failed stage exits non-zero with a one-line reason."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -40,3 +41,64 @@ def test_unknown_stage_is_named():
     )
     assert result.returncode == 1
     assert "trian" in result.stderr and result.stderr.count("\n") == 1
+
+
+def _faces(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def test_a_config_error_is_reported_before_prefect_or_torch_is_imported(tmp_path):
+    """The config is checked first: the user does not wait for Prefect's and torch's start-up."""
+    bad = tmp_path / "faces.toml"
+    bad.write_text('[train]\nsteps = "300"\n')
+    probe = (
+        "import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+        "print(rc, 'prefect' in sys.modules, 'torch' in sys.modules)"
+    )
+    for command in (["run"], ["train"], ["serve"]):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, *command, "--config", str(bad)], capture_output=True, text=True
+        )
+        assert result.stdout.split() == ["1", "False", "False"], (command, result.stdout, result.stderr)
+        assert "[train] steps: must be a number, not text" in result.stderr
+
+
+def test_an_empty_data_dir_is_an_error_not_the_default(tmp_path):
+    for command in (["run"], ["train"], ["demo"]):
+        result = _faces(*command, "--data-dir", "", cwd=tmp_path)
+        assert result.returncode == 1
+        assert "--data-dir is empty" in result.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither ./data nor ./demo-data
+
+
+def test_demo_steps_must_be_positive_and_nothing_starts_otherwise():
+    for steps in ("0", "-1", "many"):
+        result = _faces("demo", "--steps", steps)
+        assert result.returncode == 2
+        assert "argument --steps" in result.stderr and "demo gallery at" not in result.stdout
+
+
+def test_two_commands_started_together_each_get_their_own_temporary_server(tmp_path):
+    """Two `faces` runs seconds apart must not share (and then stop) one temporary Prefect server."""
+    home = tmp_path / "prefect"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "r")}
+    env.pop("PREFECT_API_URL", None)
+    commands = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", "--stages", "train", "--data-dir", str(tmp_path / d)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for d in ("a", "b")
+    ]
+    outputs = [c.communicate(timeout=300)[0] for c in commands]
+    ports = []
+    for command, output in zip(commands, outputs, strict=True):
+        assert command.returncode == 1, output[-2000:]
+        assert output.strip().splitlines()[-1].startswith("faces: error: "), output[-2000:]  # its own verdict
+        ports += re.findall(r"temporary Prefect server at http://127\.0\.0\.1:(\d+)", output)
+    assert len(ports) == 2 and ports[0] != ports[1], outputs
