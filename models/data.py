@@ -27,7 +27,7 @@ def open_images(path: Path) -> np.ndarray:
         raise BadInputError(f"no dataset at {path}: run the validate stage first (faces validate)")
     try:
         images = np.load(path, mmap_mode="r")
-    except ValueError as e:
+    except (OSError, ValueError) as e:  # unreadable, truncated, not .npy, pickled objects
         raise BadInputError(f"{path} is not a readable .npy file ({e}); rerun the validate stage") from None
     if images.ndim == 3:
         images = images[..., None]
@@ -39,6 +39,17 @@ def open_images(path: Path) -> np.ndarray:
     if images.shape[3] not in (1, 3) or images.shape[0] == 0:
         raise BadInputError(f"{path}: expected at least one image with 1 or 3 channels, got {images.shape}")
     return images
+
+
+def check_shards(images_path: Path, images: int, batch_size: int, world_size: int) -> None:
+    """Under torchrun each process trains on its shard with its part of the batch: both must exist."""
+    if batch_size % world_size:
+        raise BadInputError(
+            f"[train] batch_size = {batch_size} is split over {world_size} processes: "
+            f"make it a multiple of {world_size}"
+        )
+    if images < world_size:
+        raise BadInputError(f"{images_path}: {images} images cannot be shared by {world_size} processes")
 
 
 def fit_images(images: np.ndarray, image_size: int, channels: int) -> torch.Tensor:

@@ -22,8 +22,16 @@ def pick_device(name: str, table: str = "train", local_rank: int | None = None) 
             f'[{table}] device = "{name}" but no CUDA GPU is visible; set device = "auto" or "cpu"'
         )
     if local_rank is not None:  # torchrun: one process per GPU
-        return torch.device("cuda", local_rank)
-    return torch.device("cuda" if name == "auto" else name)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cuda" if name == "auto" else name)
+    visible = torch.cuda.device_count()
+    if device.index is not None and device.index >= visible:
+        raise BadInputError(
+            f'[{table}] device = "{name}" asks for GPU {device.index} but {visible} CUDA GPU(s) are visible; '
+            f'set device = "cuda" or a number below {visible}'
+        )
+    return device
 
 
 def pick_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:

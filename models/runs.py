@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from common.clock import now_iso
-from common.files import atomic_symlink, atomic_write_json, config_hash, read_json
+from common.files import atomic_symlink, atomic_write_json, config_hash, pid_alive, read_json
 from common.layout import DataRoot, list_grids
 from common.report import BadInputError, StageReport, TransientError
 from models.checkpoint import best_path, list_checkpoints
@@ -119,6 +119,20 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                 f"another process is training {run_dir}; retry when it has finished"
             ) from None
         yield
+
+
+def remove_leftover_temp_files(run_dir: Path) -> None:
+    """What killed writers left: temporary files (common.files.atomic_path names them `.<file>.<random>.tmp`)
+    in the run folder, its checkpoints/ and grids/, and runs/latest's replacement link of a dead process.
+
+    Call it holding the run lock: no live process writes into the folder then.
+    """
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "grids"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+    for link in run_dir.parent.glob(".latest.tmp-*"):  # common.files.atomic_symlink's, named by its pid
+        if not pid_alive(link.name.rsplit("-", 1)[-1]):
+            link.unlink(missing_ok=True)
 
 
 def clear_run(run_dir: Path) -> None:

@@ -14,6 +14,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from common.files import config_hash, sha256_bytes
@@ -22,7 +23,8 @@ from common.report import StageReport
 from models import ddp
 from models.checkpoint import load_latest_everywhere
 from models.config import TrainConfig
-from models.device import wants_cuda
+from models.data import check_shards, open_images
+from models.device import pick_device, wants_cuda
 from models.runs import (
     RunRecord,
     clear_run,
@@ -30,6 +32,7 @@ from models.runs import (
     latest_dataset,
     parent_of,
     read_run_info,
+    remove_leftover_temp_files,
     run_lock,
     run_name,
     skipped_report,
@@ -74,18 +77,29 @@ def _train(
     info = read_run_info(run_dir)
     if not force and is_done(info, config.steps):
         return skipped_report(run_dir, info)
+    check_can_train(config, dataset_dir / "images.npy", dist)  # before anything is cleared
     ddp.barrier(dist)  # everyone has read run.json before rank 0 changes it
     if force:
         info = {}
     with run_lock(run_dir) if dist.is_main else nullcontext():
-        if force and dist.is_main:
-            clear_run(run_dir)
+        if dist.is_main:
+            if force:
+                clear_run(run_dir)
+            remove_leftover_temp_files(run_dir)
         ddp.barrier(dist)
         trainer = Trainer(config, dataset_dir / "images.npy", run_dir, dataset_id, dist, on_progress)
         try:
             return _run_training(trainer, root, info)
         finally:
             trainer.close()
+
+
+def check_can_train(config: TrainConfig, images_path: Path, dist: ddp.Dist) -> None:
+    """What can be checked before training starts (and before force clears the run): a BadInputError
+    names the problem. The device exists, the dataset reads as images, and it splits over the processes."""
+    pick_device(config.device, "train", dist.local_rank if dist.enabled else None)
+    images = open_images(images_path)
+    check_shards(images_path, len(images), config.batch_size, dist.world_size)
 
 
 def _run_training(trainer: Trainer, root: DataRoot, info: dict[str, Any]) -> StageReport:

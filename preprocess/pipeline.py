@@ -96,6 +96,7 @@ def iter_batches(config: PreprocessConfig, root: DataRoot, *, force: bool = Fals
     Each batch is claimed as it is yielded: its older records (other configurations) are dropped, so a
     batch cut short by a kill is redone by the next run, whatever configuration that run has.
     """
+    _detector(config)  # a missing or broken model is bad input before any record is dropped
     with closing(_open_faces_manifest(root)) as db:
         batch: list[Source] = []
         for source in _pending(db, root, config.output_hash(), force):
@@ -231,8 +232,9 @@ def preprocess(
     """Crop every pending photo. `run_batches` spreads the batches elsewhere (the flows pass one that
     runs them as Prefect tasks on a Dask cluster); by default they go to local worker processes."""
     started = time.monotonic()
+    _detector(config)  # checked first: a bad model file fails the run before anything changes
+    sources, pending = count_sources(config, root, force=force)  # BadInputError without a raw manifest
     _remove_orphan_temp_files(root)
-    sources, pending = count_sources(config, root, force=force)
     counts = {
         "sources": sources,
         "processed": 0,
@@ -242,12 +244,14 @@ def preprocess(
         "errors": 0,
     }
     batches = iter_batches(config, root, force=force)
+    done = 0
     for result in (run_batches or run_batches_locally)(config, root, batches):
         record_batch(config, root, result)
         for key, n in result.counts.items():
             counts[key] += n
-        if on_progress:
-            on_progress(counts["processed"] + counts["errors"], pending, f"{counts['faces']} faces")
+        done += len(result.outcomes)  # each photo once, whatever became of it
+        if on_progress:  # a photo stored after the count was taken may make `done` outgrow it
+            on_progress(done, max(pending, done), f"{counts['faces']} faces")
     return StageReport(
         stage="preprocess",
         counts=counts,

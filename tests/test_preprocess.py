@@ -258,3 +258,57 @@ def test_a_killed_run_resumes_without_redoing_or_half_written_crops(tmp_path):
     assert rows(root, "SELECT COUNT(*) FROM crops") == [(60,)]
     assert len(list(root.faces_dir.glob("*.png"))) == 60
     assert list(root.faces_dir.glob(".*.tmp")) == []
+
+
+def manifest_and_crops(root: DataRoot) -> tuple[list[tuple], list[tuple], dict[str, bytes]]:
+    return (
+        rows(root, "SELECT * FROM processed ORDER BY sha256"),
+        rows(root, "SELECT * FROM crops ORDER BY crop_id"),
+        {p.name: p.read_bytes() for p in root.faces_dir.glob("*.png")},
+    )
+
+
+@pytest.mark.parametrize(
+    "model, problem",
+    [("missing.onnx", r"yunet_model = .*missing\.onnx.*no such file"),
+     ("garbage.onnx", r"yunet_model = .*garbage\.onnx.*not a YuNet model")],
+)  # fmt: skip
+def test_a_forced_run_with_a_bad_model_file_keeps_the_manifest(few, tmp_path, model, problem):
+    root, _ = few
+    assert preprocess(PreprocessConfig(workers=1), root).counts["faces"] == 3
+    before = manifest_and_crops(root)
+    (tmp_path / "garbage.onnx").write_bytes(b"this is not an ONNX network")
+    config = PreprocessConfig(workers=1, yunet_model=str(tmp_path / model))
+    with pytest.raises(BadInputError, match=problem):
+        preprocess(config, root, force=True)
+    assert manifest_and_crops(root) == before
+
+
+def test_progress_counts_each_photo_once_with_undecodable_ones_among_them(tmp_path):
+    root = DataRoot(tmp_path)
+    photos = [p.read_bytes() for p in ALL_PHOTOS[:2]]
+    add_raw_files(root, [b"", b"GIF89a" + bytes(range(256)), photos[0], b"\xff\xd8\xff", photos[1]])
+    progress = []
+    report = preprocess(
+        PreprocessConfig(workers=1, batch_size=2), root, on_progress=lambda *a: progress.append(a[:2])
+    )
+    assert report.counts["errors"] == 3 and report.counts["faces"] == 2
+    assert [done for done, _ in progress] == [2, 4, 5]
+    assert all(total == 5 for _, total in progress)
+
+
+def test_temporary_crops_a_killed_worker_left_are_removed_by_the_next_run(few):
+    root, shas = few
+    config = PreprocessConfig(workers=1)
+    preprocess(config, root)
+    crops = {p.name: p.read_bytes() for p in root.faces_dir.glob("*.png")}
+    # Named as common.files.atomic_path names them: the writer died before the rename.
+    leftovers = [
+        root.faces_dir / f".{shas[0]}-1.png.k3j9x_2a.tmp",
+        root.faces_dir / f".{shas[1]}-0.png.q.tmp",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"half a PNG")
+    assert preprocess(config, root).skipped
+    assert [p for p in leftovers if p.exists()] == []
+    assert {p.name: p.read_bytes() for p in root.faces_dir.glob("*.png")} == crops

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,24 +28,11 @@ def write_toml(path: Path, table: dict) -> Path:
     return path
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"training exited early with {proc.returncode}"
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.005)
-
-
-def test_sigkill_mid_training_then_resume_continues_the_step_count(tmp_path):
-    root = DataRoot(tmp_path / "killed")
-    make_dataset(root, blobs())
-    settings = TINY | {"sample_every": 1000, "eval_every": 1000}
-    run_dir = root.run_dir(run_name(tiny(**settings), latest_dataset(root)[1]))
-
-    # A run meant to go on for a long time, from the command line, killed right after step 8's checkpoint.
+def start_training(tmp_path: Path, root: DataRoot, settings: dict) -> subprocess.Popen:
+    """`python -m models.train` on `root` with `settings` and a step count it will not reach."""
     config_file = write_toml(tmp_path / "faces.toml", settings | {"steps": 100_000})
     with open(tmp_path / "train.log", "w") as log:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -59,14 +47,32 @@ def test_sigkill_mid_training_then_resume_continues_the_step_count(tmp_path):
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        try:
-            wait_for(run_dir / "checkpoints" / "step-8.pt", proc)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # died mid-run
 
+
+def kill_when(ready: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds (it must hold before the process exits by itself)."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"training exited early with {proc.returncode}"
+            assert time.monotonic() < deadline, "training never got there"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigkill_mid_training_then_resume_continues_the_step_count(tmp_path):
+    root = DataRoot(tmp_path / "killed")
+    make_dataset(root, blobs())
+    settings = TINY | {"sample_every": 1000, "eval_every": 1000}
+    run_dir = root.run_dir(run_name(tiny(**settings), latest_dataset(root)[1]))
+
+    # A run meant to go on for a long time, from the command line, killed right after step 8's checkpoint.
+    proc = start_training(tmp_path, root, settings)
+    kill_when((run_dir / "checkpoints" / "step-8.pt").exists, proc)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # died mid-run
     steps = 40
     resumed = train(tiny(**settings, steps=steps), root)
     assert 8 <= resumed.counts["resumed_from_step"] < steps
@@ -81,3 +87,22 @@ def test_sigkill_mid_training_then_resume_continues_the_step_count(tmp_path):
         a = weights(Path(resumed.outputs["latest_checkpoint"]), key)
         b = weights(Path(uninterrupted.outputs["latest_checkpoint"]), key)
         assert all(torch.equal(a[k], b[k]) for k in a), key
+
+
+def test_a_kill_before_the_first_checkpoint_leaves_no_repeated_metrics_rows(tmp_path):
+    root = DataRoot(tmp_path / "data")
+    make_dataset(root, blobs())
+    settings = TINY | {"checkpoint_every": 50_000, "sample_every": 50_000, "eval_every": 50_000}
+    run_dir = root.run_dir(run_name(tiny(**settings), latest_dataset(root)[1]))
+    metrics = run_dir / "metrics.jsonl"
+
+    # Killed after a few logged rows (every 2 steps), long before its first checkpoint.
+    proc = start_training(tmp_path, root, settings)
+    kill_when(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, proc)
+    assert list((run_dir / "checkpoints").glob("step-*.pt")) == []
+    assert len(rows(run_dir)) >= 3
+
+    steps = 20
+    report = train(tiny(**settings, steps=steps), root)
+    assert report.counts["resumed_from_step"] == 0
+    assert [r["step"] for r in rows(run_dir)] == list(range(2, steps + 1, 2))  # in order, each once
