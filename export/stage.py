@@ -49,6 +49,7 @@ from export.pictures import (
     write_training_gif,
     write_training_plot,
 )
+from export.redaction import NEEDS_REEXPORT
 from models.checkpoint import CorruptCheckpointError, best_path, list_checkpoints, load_checkpoint
 from models.config import TrainConfig
 from models.data import open_images
@@ -90,8 +91,17 @@ def checkpoint_candidates(run_dir: Path) -> list[Path]:
 
 
 def input_fingerprint(config: ExportConfig, root: DataRoot, run: str | None = None) -> str:
-    """sha256 of the checkpoint that would be exported, with the config's hash: the flows' cache key."""
+    """The flows' cache key: `checkpoint_fingerprint`, or another one while a takedown has marked the
+    export for re-export (export.redaction), so a cached result never stands in for what it deleted."""
     run_dir = resolve_run(root, run)
+    fingerprint = checkpoint_fingerprint(config, run_dir)
+    if read_export_info(root.export_dir(run_dir.name)).get(NEEDS_REEXPORT):
+        return sha256_bytes(f"{fingerprint}|{NEEDS_REEXPORT}".encode())
+    return fingerprint
+
+
+def checkpoint_fingerprint(config: ExportConfig, run_dir: Path) -> str:
+    """sha256 of the checkpoint that would be exported, with the config's hash (kept in export.json)."""
     checkpoint = checkpoint_candidates(run_dir)[0]
     return sha256_bytes(f"{run_dir.name}|{sha256_file(checkpoint)}|{config_hash(config)}".encode())
 
@@ -124,9 +134,9 @@ def export(
     run_dir = resolve_run(root, run)
     final = root.export_dir(run_dir.name)
     recover_folder_swap(final)
-    fingerprint = input_fingerprint(config, root, run_dir.name)
+    fingerprint = checkpoint_fingerprint(config, run_dir)
     previous = read_export_info(final)
-    if not force and previous.get("fingerprint") == fingerprint:
+    if not force and previous.get("fingerprint") == fingerprint and not previous.get(NEEDS_REEXPORT):
         report = report_for(final, previous, metrics_of(final), skipped=True)
         report.seconds = time.monotonic() - started
         return report

@@ -31,6 +31,9 @@ class ScrapeConfig(StrictModel):
     max_depth: int = Field(3, ge=0, description="Links followed from a seed, at most.")
     max_pages: int = Field(200, ge=1, description="Pages visited per crawl, at most.")
     max_images: int = Field(10_000, ge=1, description="Image URLs visited per crawl, at most.")
+    max_images_per_page: int = Field(
+        500, ge=1, description="Image URLs taken from one page, at most (the first, in page order)."
+    )
 
     # What to keep
     min_width: int = Field(64, ge=1)
@@ -70,6 +73,11 @@ class ScrapeConfig(StrictModel):
         default_factory=list,
         description="Private or loopback CIDRs the crawler may reach (SSRF guard); e.g. 127.0.0.0/8.",
     )
+    resolve: dict[str, str] = Field(
+        default_factory=dict,
+        description="Host names pinned to addresses, as /etc/hosts does (a staging server, the tests); "
+        "the SSRF guard still checks the address.",
+    )
     timeout: float = Field(30.0, gt=0, description="Connect and read timeout in seconds.")
     total_timeout: float = Field(120.0, gt=0, description="Longest time one download may take (s).")
     max_redirects: int = Field(5, ge=0, le=20)
@@ -93,6 +101,18 @@ class ScrapeConfig(StrictModel):
             except ValueError:
                 raise ValueError(f"{net!r} is not a network; write it as CIDR, e.g. 127.0.0.0/8") from None
         return networks
+
+    @field_validator("resolve")
+    @classmethod
+    def _addresses(cls, pinned: dict[str, str]) -> dict[str, str]:
+        for name, address in pinned.items():
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(
+                    f'{name} = {address!r}: not an IP address; write it as e.g. "127.0.0.1"'
+                ) from None
+        return pinned
 
     @field_validator("follow", "image_scope")
     @classmethod

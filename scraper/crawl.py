@@ -6,8 +6,8 @@ and counting what it came to. The parts (docs/scraper.md, "How it works"):
   manifest.Manifest          frontier (persisted), URL and page records, robots cache, raw manifest
   fetcher.Fetcher            checks, redirects, pacing and retries for one item's request
   robots.RobotsCache         robots.txt per origin, Crawl-delay
-  politeness.HostThrottle    per-host delay, connection cap, Retry-After pauses and backoff
-  downloader.Downloader      one guarded, streamed, capped request (SSRF guard on every hop)
+  politeness.HostThrottle    per-host delay, connection cap, Retry-After pauses and backoff (kept across runs)
+  downloader.Downloader      one guarded, streamed, capped request (SSRF guard on every hop, hard deadline)
   page_handler.PageHandler   a page's links and images into the frontier
   image_handler.ImageHandler an image's checks, storage and manifest row
   crawl_report               counts, progress and the stage's report
@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from functools import partial
 from urllib.parse import urlsplit
 
 from common.layout import DataRoot
@@ -33,7 +34,7 @@ from scraper.manifest import Item, Manifest
 from scraper.page_handler import PageHandler
 from scraper.politeness import HostThrottle, Stopped
 from scraper.robots import RobotsCache, agent_token
-from scraper.store import RawStore
+from scraper.store import RawStore, raw_lock
 from scraper.urls import allowed_hosts, host_allowed, host_key, normalize
 
 
@@ -54,8 +55,7 @@ def crawl(
     started = time.monotonic()
     check_config(config)
     bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-    root.raw_dir.mkdir(parents=True, exist_ok=True)
-    with Manifest(root.raw_manifest) as manifest:
+    with raw_lock(root.raw_dir), Manifest(root.raw_manifest) as manifest:
         crawler = Crawler(config, root, manifest, force=force, on_progress=on_progress, progress_bar=bar)
         report = crawler.run()
     report.outputs = {"raw": str(root.raw_dir), "manifest": str(root.raw_manifest)}
@@ -111,22 +111,27 @@ class Crawler:
         self.config = config
         self.manifest = manifest
         self.force = force
-        self.guard = AddressGuard(config.allow_networks)
+        self.guard = AddressGuard(config.allow_networks, config.resolve)
         self.limits = {"page": config.max_pages, "image": config.max_images}
         self.stop = threading.Event()
         token = agent_token(config.user_agent)
         robots = RobotsCache(config, manifest, token)
-        fetcher = Fetcher(config, manifest, robots, token, self.stop, force=force)
+        fetcher = Fetcher(config, manifest, robots, token, self.stop, force=force, host_for=self._host)
         self.pages = PageHandler(config, manifest, fetcher, token, self.limits)
-        self.images = ImageHandler(config, manifest, fetcher, RawStore(root), token, force=force)
+        self.store = RawStore(root)
+        self.images = ImageHandler(config, manifest, fetcher, self.store, token)
         self.hosts: dict[str, Host] = {}
         self.tally = Tally()
         self.progress = ProgressReporter(on_progress, progress_bar)
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
         self.done = self.total = 0
+        self.interrupted = False
 
     def run(self) -> StageReport:
+        if removed := self.store.remove_leftovers():
+            self.tally.note(f"removed {removed} unfinished file(s) a stopped crawl left in raw/")
+        self.interrupted = self.manifest.interrupted()  # its last requests may have been in flight
         run_id, resumed = self.manifest.begin(fresh=self.force)
         seeds = [Item(url, "page", host_key(url)) for url in map(normalize, self.config.seeds) if url]
         self.manifest.enqueue(seeds, self.limits)
@@ -138,6 +143,8 @@ class Crawler:
         finally:
             for host in self.hosts.values():
                 host.downloader.close()
+                if (last_end := host.throttle.last_end()) is not None:  # for the next crawler's delay
+                    self.manifest.record_host_times(host.key, "last_end", last_end)
             self.progress(self.done, self.total, "done", final=True)
             self.progress.close()
         given_up = sum(1 for h in self.hosts.values() if h.given_up is not None)
@@ -202,9 +209,12 @@ class Crawler:
         with self._lock:
             if key not in self.hosts:
                 c = self.config
+                on_pause = partial(self.manifest.record_host_times, key, "paused_until")
+                throttle = HostThrottle.for_host(c, on_pause)
+                throttle.restore(*self.manifest.host_times(key), self.interrupted)
                 self.hosts[key] = Host(
                     key=key,
-                    throttle=HostThrottle.for_host(c),
+                    throttle=throttle,
                     downloader=Downloader(
                         c.user_agent,
                         self.guard,
@@ -227,6 +237,9 @@ class Crawler:
     def _finished(self, item: Item, host: str, result: ItemDone) -> None:
         if result.over_limit:
             self.tally.add(host, "over_limit", result.over_limit)
+        if result.over_page_limit:
+            self.tally.add(host, "over_page_limit", result.over_page_limit)
+            self.tally.capped(item.url)
         self.tally.add(host, result.status)
         with self._lock:
             self.done += 1

@@ -24,18 +24,21 @@ IMAGE_STATUSES = (
     "not_image",
     "failed",
 )
-EXTRA_COUNTS = ("pages_failed", "forgotten", "redirected", "over_limit")  # reported when non-zero
+# reported when non-zero
+EXTRA_COUNTS = ("pages_failed", "forgotten", "redirected", "over_limit", "over_page_limit")
 Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
 class ItemDone:
-    """How one frontier item ended: the status it is counted under, the frontier items it added and
-    those it found but left out because `max_pages` / `max_images` was reached."""
+    """How one frontier item ended: the status it is counted under, the frontier items it added,
+    those it found but left out because `max_pages` / `max_images` was reached, and the images of a
+    page beyond `max_images_per_page`."""
 
     status: str
     added: int = 0
     over_limit: int = 0
+    over_page_limit: int = 0
 
 
 class Tally:
@@ -44,11 +47,16 @@ class Tally:
     def __init__(self) -> None:
         self.by_host: dict[str, Counter] = defaultdict(Counter)
         self.notes: list[str] = []
+        self.capped_pages: list[str] = []  # pages with more images than max_images_per_page
         self._lock = threading.Lock()
 
     def add(self, host: str, status: str, n: int = 1) -> None:
         with self._lock:
             self.by_host[host][status] += n
+
+    def capped(self, page_url: str) -> None:
+        with self._lock:
+            self.capped_pages.append(page_url)
 
     def note(self, text: str) -> None:
         with self._lock:
@@ -106,5 +114,11 @@ def build_report(tally: Tally, hosts_given_up: int, config: ScrapeConfig) -> Sta
         notes.append(
             f"{totals['over_limit']} URLs not visited: max_pages {config.max_pages} or "
             f"max_images {config.max_images} reached"
+        )
+    if pages := tally.capped_pages:
+        listed = ", ".join(pages[:3]) + (f" and {len(pages) - 3} more" if len(pages) > 3 else "")
+        notes.append(
+            f"{totals['over_page_limit']} image URLs not visited: over max_images_per_page "
+            f"{config.max_images_per_page} on {listed}"
         )
     return StageReport(stage="scrape", counts=counts, notes=notes + tally.notes, tables={"hosts": rows})

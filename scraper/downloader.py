@@ -1,5 +1,5 @@
 """One HTTP request, safely: SSRF guard, no automatic redirects, streamed body with a byte cap and
-connect, read and total timeouts.
+connect, read and total timeouts (the total one enforced by a watchdog: scraper/deadline.py).
 
 The SSRF guard looks twice: at the names a host resolves to before connecting (for a clear reason
 in the manifest) and at the address the socket actually connected to (so DNS rebinding between the
@@ -18,6 +18,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from scraper.deadline import Deadline, attach_socket, deadline
+from scraper.urls import ascii_host
 
 CHUNK = 64 * 1024
 DRAIN_BYTES = 64 * 1024
@@ -50,6 +53,7 @@ class Fetched:
     status: int
     headers: Mapping[str, str]
     body: bytes = b""
+    robots_tags: list[str] = field(default_factory=list)  # X-Robots-Tag, one entry per header line
     stopped: str | None = None  # why the body was not read (opt-out, not an image, ...)
     elapsed: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -57,10 +61,12 @@ class Fetched:
 
 class AddressGuard:
     """Refuses loopback, private, link-local, CGNAT, ULA, multicast and reserved addresses unless
-    one of `allow_networks` holds them."""
+    one of `allow_networks` holds them. `pinned` host names resolve to the address given, not
+    through DNS (`[scrape] resolve`); they are checked all the same."""
 
-    def __init__(self, allow_networks: list[str]) -> None:
+    def __init__(self, allow_networks: list[str], pinned: Mapping[str, str] | None = None) -> None:
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
+        self.pinned = {ascii_host(name) or name: address for name, address in (pinned or {}).items()}
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._lock = threading.Lock()
 
@@ -102,6 +108,8 @@ class AddressGuard:
         return None
 
     def _resolve(self, host: str, port: int) -> list[str]:
+        if host in self.pinned:
+            return [self.pinned[host]]
         now = time.monotonic()
         with self._lock:
             cached = self._dns.get((host, port))
@@ -117,12 +125,22 @@ class AddressGuard:
 def _guarded(base: type, guard: AddressGuard) -> type:
     class GuardedConnection(base):
         def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
+            name = self._dns_host  # urllib3 connects to _dns_host; Host header and TLS use it too
+            self._dns_host = guard.pinned.get(self.host, name)
+            try:
+                sock = super()._new_conn()
+            finally:
+                self._dns_host = name
             reason = guard.check_ip(sock.getpeername()[0])
             if reason:
                 sock.close()
                 raise AddressRefused(f"refused {self.host}: {reason}")
             return sock
+
+        def getresponse(self, *args, **kwargs):
+            if self.sock is not None:  # from here on the request's deadline can cut the socket
+                attach_socket(self.sock)
+            return super().getresponse(*args, **kwargs)
 
     return GuardedConnection
 
@@ -191,6 +209,15 @@ class Downloader:
         """
         if reason := self.guard.check_url(url):
             raise FetchError(reason, transient=False, refused=True)
+        with deadline(self.total_timeout) as limit:
+            try:
+                return self._get(url, headers, limit, max_bytes, check_headers, check_head, truncate)
+            except FetchError as e:
+                if limit.expired and e.transient:  # the watchdog cut the socket: say why
+                    raise self._too_long() from None
+                raise
+
+    def _get(self, url, headers, limit: Deadline, max_bytes, check_headers, check_head, truncate) -> Fetched:
         started = time.monotonic()
         try:
             response = self.session.get(
@@ -206,18 +233,22 @@ class Downloader:
             raise FetchError(f"network error: {_short(e)}", transient=True) from None
         with response:
             fetched = Fetched(url=url, status=response.status_code, headers=response.headers)
+            fetched.robots_tags = response.raw.headers.getlist("X-Robots-Tag")
             if response.status_code == 200:
                 fetched.stopped = check_headers(fetched) if check_headers else None
                 if fetched.stopped is None:
-                    fetched.body, fetched.stopped = self._read(
-                        response, max_bytes, started, check_head, truncate
-                    )
+                    fetched.body, fetched.stopped = self._read(response, max_bytes, check_head, truncate)
             else:
                 _drain(response)
             fetched.elapsed = time.monotonic() - started
+        if limit.expired and response.status_code == 200:  # a body without a length ends when the
+            raise self._too_long()  # socket is cut, and looks complete
         return fetched
 
-    def _read(self, response, max_bytes, started, check_head, truncate) -> tuple[bytes, str | None]:
+    def _too_long(self) -> FetchError:
+        return FetchError(f"download took over {self.total_timeout:g} s; stopped", transient=True)
+
+    def _read(self, response, max_bytes, check_head, truncate) -> tuple[bytes, str | None]:
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > max_bytes and not truncate:
             raise FetchError(f"Content-Length {length} is over the {max_bytes} byte limit", transient=False)
@@ -236,8 +267,6 @@ class Downloader:
                     raise FetchError(
                         f"body over the {max_bytes} byte limit; download stopped", transient=False
                     )
-                if time.monotonic() - started > self.total_timeout:
-                    raise FetchError(f"download took over {self.total_timeout:g} s; stopped", transient=True)
         except requests.RequestException as e:
             raise FetchError(f"download broke off: {_short(e)}", transient=True) from None
         body = b"".join(chunks)

@@ -3,13 +3,16 @@
 Every hop of a redirect chain is checked against forgotten URLs, `allowed_hosts`, the crawl-trap
 limits and robots.txt before it is requested (and by the downloader's SSRF guard while it is).
 Same-host redirects are followed here; cross-host ones go back to the frontier, so the other host's
-robots.txt and delay apply. Each request waits for the host's throttle and is retried after
+robots.txt and delay apply. A robots.txt redirect is followed at once, each hop with the pacing of
+the host it goes to. Each request waits for the host's throttle and is retried after
 transient errors with exponential backoff; a host that keeps failing is given up.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from threading import Event
+from urllib.parse import urlsplit
 
 from scraper.config import ScrapeConfig
 from scraper.downloader import REDIRECT_STATUSES, Fetched, FetchError
@@ -43,8 +46,10 @@ class Fetcher:
         stop: Event,
         *,
         force: bool,
+        host_for: Callable[[str], Host],
     ) -> None:
         self.config = config
+        self.host_for = host_for  # the crawl's Host for a host key
         self.manifest = manifest
         self.robots = robots
         self.token = token
@@ -99,11 +104,28 @@ class Fetcher:
             return Outcome("forgotten", url)
         if last and (reason := self.refusal(url)):
             return Outcome("failed", last, reason=via + reason)
-        policy = self.robots.policy(host, url, partial(self.send, host))
+        policy = self.robots.policy(host, url, partial(self._send_robots, host))
         if not policy.allows(url, self.token):
             reason = f"{via}disallowed by robots.txt {policy.reason}".strip()
             return Outcome("robots", last or url, reason=reason)
         return None
+
+    def _send_robots(self, host: Host, url: str, **options) -> Fetched:
+        """A request for `host`'s robots.txt, or a hop of its redirects: paced by the host it goes to.
+        A hop outside allowed_hosts, or to a host that is out, is an error (robots.txt unreachable)."""
+        key = host_key(url)
+        if key == host.key:
+            return self.send(host, url, **options)
+        if not host_allowed(url, self.allowed):
+            name = urlsplit(url).hostname
+            raise FetchError(f"{name} is not in allowed_hosts; add it to follow", transient=False)
+        other = self.host_for(key)
+        try:
+            if other.given_up is not None:
+                raise other.given_up
+            return self.send(other, url, **options)
+        except HostGivenUp as e:
+            raise FetchError(e.reason, transient=False) from None
 
     def _redirect_elsewhere(self, item: Item, source: str, target: str, hops: int) -> Outcome:
         """Hand a cross-host redirect to the frontier as a new item that remembers its hops."""

@@ -31,7 +31,6 @@ class ImageHandler:
     fetcher: Fetcher
     store: RawStore
     token: str  # our product token, for X-Robots-Tag
-    force: bool  # the same bytes again count as fetched, not not_modified
 
     def handle(self, item: Item, host: Host) -> ItemDone:
         if directive := item.meta.get("opt_out"):
@@ -90,7 +89,7 @@ class ImageHandler:
             return ItemDone("forgotten")
         previous = self.manifest.url_row(url)
         if previous and previous["sha256"] == sha256:
-            status = "fetched" if self.force else "not_modified"
+            status = "not_modified"  # the same bytes from the same URL, asked conditionally or not
         else:
             status = "duplicate" if self.manifest.has_file(sha256) else "fetched"
         file_row = self.store.put(body, info, sha256)
@@ -138,7 +137,7 @@ class ImageHandler:
 
     def _opt_out(self, fetched: Fetched) -> str | None:
         """Stops the download when the response's X-Robots-Tag opts the image out."""
-        directive = header_opt_out(fetched.headers.get("X-Robots-Tag"), self.token)
+        directive = header_opt_out(fetched.robots_tags, self.token)
         return f"opt-out:{directive}" if directive else None
 
     def _not_allowed(self, head: bytes) -> str | None:

@@ -6,14 +6,16 @@ declares a huge canvas) is refused before a single pixel is decoded.
 """
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp"}
 PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 SNIFF_BYTES = 64
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")  # e.g. <_io.BytesIO object at 0x7fb3e…>
 
 
 class NotAnImage(Exception):
@@ -77,5 +79,15 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     except NotAnImage:
         raise
     except Exception as e:  # PIL raises many types for truncated or corrupt files
-        raise NotAnImage(f"corrupt {kind}: {e}") from None
+        raise NotAnImage(f"corrupt {kind}: {_what_is_wrong(e, kind, len(data))}") from None
     return ImageInfo(kind, width, height)
+
+
+def _what_is_wrong(error: Exception, kind: str, size: int) -> str:
+    """PIL's complaint in words about the file (its messages may hold Python object reprs)."""
+    if isinstance(error, UnidentifiedImageError):
+        return f"starts like a {kind} file but its header cannot be read ({size} bytes)"
+    text = _REPR.sub("the data", str(error)).strip()
+    if "truncated" in text.lower():
+        return f"the file is truncated: it ends before the image data does ({size} bytes)"
+    return text or type(error).__name__

@@ -1,5 +1,5 @@
 """raw/manifest.sqlite: the tables of docs/DESIGN.md (files, urls, forgotten) and the crawler's own
-(frontier, pages, robots, crawls). This module is the only code that writes SQL against them.
+(frontier, pages, robots, crawls, hosts). This module is the only code that writes SQL against them.
 
 `Manifest` is the crawler's: one connection shared by its threads behind a lock; every change that
 belongs together (a stored file, its URL row and the frontier entry that led to it) is one
@@ -57,7 +57,9 @@ CREATE TABLE IF NOT EXISTS robots(
     origin TEXT PRIMARY KEY, verdict TEXT NOT NULL, body TEXT, reason TEXT, fetched_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS crawls(
     id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, finished_at TEXT, counts TEXT);
+CREATE TABLE IF NOT EXISTS hosts(host TEXT PRIMARY KEY, last_end REAL, paused_until REAL);
 """
+HOST_TIMES = ("last_end", "paused_until")  # wall-clock seconds: politeness across crawls
 SCHEMA = IMAGES_SCHEMA + FORGOTTEN_SCHEMA + CRAWLER_SCHEMA
 
 
@@ -113,12 +115,15 @@ class Manifest:
             cur = self.db.execute("INSERT INTO crawls(started_at) VALUES (?)", (now_iso(),))
             return int(cur.lastrowid), False
 
+    def interrupted(self) -> bool:
+        """True if the last crawl never finished: its process was killed or crashed."""
+        last = self._one("SELECT id, finished_at FROM crawls ORDER BY id DESC LIMIT 1")
+        return last is not None and last["finished_at"] is None
+
     def finish(self, run_id: int, counts: dict) -> None:
+        sql = "UPDATE crawls SET finished_at=?, counts=? WHERE id=?"
         with self._lock, self.db:
-            self.db.execute(
-                "UPDATE crawls SET finished_at=?, counts=? WHERE id=?",
-                (now_iso(), json.dumps(counts), run_id),
-            )
+            self.db.execute(sql, (now_iso(), json.dumps(counts), run_id))
 
     # ------------------------------------------------------------ frontier
 
@@ -159,27 +164,19 @@ class Manifest:
             self.db.execute("UPDATE frontier SET meta=? WHERE url=?", (json.dumps(meta), item.url))
 
     def pending_by_host(self) -> dict[str, int]:
+        sql = "SELECT host, COUNT(*) FROM frontier WHERE state='pending' GROUP BY host ORDER BY MIN(seq)"
         with self._lock:
-            rows = self.db.execute(
-                "SELECT host, COUNT(*) FROM frontier WHERE state='pending' GROUP BY host ORDER BY MIN(seq)"
-            ).fetchall()
-        return {host: n for host, n in rows}
+            return dict(self.db.execute(sql).fetchall())
 
     def next_pending(self, host: str, skip: set[str]) -> Item | None:
+        sql = "SELECT * FROM frontier WHERE state='pending' AND host=? ORDER BY seq LIMIT ?"
         with self._lock:
-            rows = self.db.execute(
-                "SELECT * FROM frontier WHERE state='pending' AND host=? ORDER BY seq LIMIT ?",
-                (host, len(skip) + 1),
-            ).fetchall()
-        for row in rows:
-            if row["url"] not in skip:
-                return _item(row)
-        return None
+            rows = self.db.execute(sql, (host, len(skip) + 1)).fetchall()
+        return next((_item(row) for row in rows if row["url"] not in skip), None)
 
     def frontier_counts(self) -> tuple[int, int]:
         """(done, total) of the current crawl's frontier."""
-        with self._lock:
-            row = self.db.execute("SELECT SUM(state='done'), COUNT(*) FROM frontier").fetchone()
+        row = self._one("SELECT SUM(state='done'), COUNT(*) FROM frontier")
         return int(row[0] or 0), int(row[1] or 0)
 
     def mark_done(self, url: str) -> None:
@@ -189,21 +186,15 @@ class Manifest:
     # ------------------------------------------------------------ images
 
     def url_row(self, url: str) -> dict | None:
-        with self._lock:
-            row = self.db.execute("SELECT * FROM urls WHERE url=?", (url,)).fetchone()
+        row = self._one("SELECT * FROM urls WHERE url=?", url)
         return dict(row) if row else None
 
     def has_file(self, sha256: str) -> bool:
-        with self._lock:
-            return self.db.execute("SELECT 1 FROM files WHERE sha256=?", (sha256,)).fetchone() is not None
+        return self._one("SELECT 1 FROM files WHERE sha256=?", sha256) is not None
 
     def forgotten(self, key: str) -> bool:
         """True if a URL or a content hash was taken down (a URL's takedown forgets its hash too)."""
-        with self._lock:
-            row = self.db.execute(
-                "SELECT 1 FROM forgotten WHERE key=? OR sha256=? LIMIT 1", (key, key)
-            ).fetchone()
-        return row is not None
+        return self._one("SELECT 1 FROM forgotten WHERE key=? OR sha256=? LIMIT 1", key, key) is not None
 
     def finish_image(self, item_url: str, row: dict | None, file_row: dict | None = None) -> None:
         """Store an image's outcome: its file row (if new), its URL row, and the frontier entry done."""
@@ -221,8 +212,7 @@ class Manifest:
     # ------------------------------------------------------------ pages
 
     def page_row(self, url: str) -> dict | None:
-        with self._lock:
-            row = self.db.execute("SELECT * FROM pages WHERE url=?", (url,)).fetchone()
+        row = self._one("SELECT * FROM pages WHERE url=?", url)
         return dict(row) if row else None
 
     def finish_page(
@@ -238,20 +228,37 @@ class Manifest:
     # ------------------------------------------------------------ robots.txt cache
 
     def robots(self, origin: str) -> RobotsPolicy | None:
-        with self._lock:
-            row = self.db.execute("SELECT * FROM robots WHERE origin=?", (origin,)).fetchone()
+        row = self._one("SELECT * FROM robots WHERE origin=?", origin)
         if row is None:
             return None
         return RobotsPolicy(row["verdict"], row["body"] or "", row["reason"] or "", row["fetched_at"])
 
     def save_robots(self, origin: str, policy: RobotsPolicy) -> None:
+        sql = "INSERT OR REPLACE INTO robots(origin, verdict, body, reason, fetched_at) VALUES (?,?,?,?,?)"
         with self._lock, self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO robots(origin, verdict, body, reason, fetched_at) VALUES (?,?,?,?,?)",
-                (origin, policy.verdict, policy.body, policy.reason, policy.fetched_at),
-            )
+            self.db.execute(sql, (origin, policy.verdict, policy.body, policy.reason, policy.fetched_at))
+
+    # ------------------------------------------------------------ politeness across crawls
+
+    def host_times(self, host: str) -> tuple[float | None, float | None]:
+        """(last_end, paused_until) of a host: its last request's end and a pause's end, if known."""
+        row = self._one(f"SELECT {', '.join(HOST_TIMES)} FROM hosts WHERE host=?", host)
+        return tuple(row) if row else (None, None)
+
+    def record_host_times(self, host: str, column: str, at: float) -> None:
+        """Note a host's last request end or pause end (`column`: one of HOST_TIMES); it only grows."""
+        sql = (
+            f"INSERT INTO hosts(host, {column}) VALUES (?, ?) ON CONFLICT(host) "
+            f"DO UPDATE SET {column}=MAX(COALESCE({column}, 0), excluded.{column})"
+        )
+        with self._lock, self.db:
+            self.db.execute(sql, (host, at))
 
     # ------------------------------------------------------------ helpers
+
+    def _one(self, sql: str, *args) -> sqlite3.Row | None:
+        with self._lock:
+            return self.db.execute(sql, args).fetchone()
 
     def _upsert(self, table: str, columns: list[str], row: dict) -> None:
         names = ", ".join(columns)
@@ -265,15 +272,8 @@ class Manifest:
 
 
 def _item(row: sqlite3.Row) -> Item:
-    return Item(
-        url=row["url"],
-        kind=row["kind"],
-        host=row["host"],
-        depth=row["depth"],
-        page_url=row["page_url"],
-        meta=json.loads(row["meta"]),
-        hops=row["hops"],
-    )
+    fields = ("url", "kind", "host", "depth", "page_url", "hops")
+    return Item(**{f: row[f] for f in fields}, meta=json.loads(row["meta"]))
 
 
 # --- for the other stages ---------------------------------------------------------------------------
@@ -378,3 +378,23 @@ def delete_images(con: sqlite3.Connection, hashes: Collection[str], urls: Collec
     ):
         if values and table in tables:
             con.execute(f"DELETE FROM {table} WHERE {column} IN ({_marks(values)})", sorted(values))
+
+
+def images_listed_on(path: str | Path, page_url: str) -> list[str]:
+    """The image URLs the crawler found on `page_url` (its `pages.images`), fetched or not."""
+    rows = _rows(path, "pages", "SELECT images FROM pages WHERE url = ?", (page_url,))
+    return [image["url"] for (images,) in rows for image in json.loads(images or "[]")]
+
+
+def delete_crawled(con: sqlite3.Connection, urls: Collection[str]) -> None:
+    """In the caller's transaction, drop `urls` from the frontier (with what was found on them) and pages
+    (their rows, and their entries in other pages' JSON lists, where each is written as json.dumps does)."""
+    args, marks, quoted = sorted(urls), _marks(urls), json.dumps([json.dumps(u)[1:-1] for u in sorted(urls)])
+    if urls and {"frontier", "pages"} <= _tables(con):
+        con.execute(f"DELETE FROM frontier WHERE url IN ({marks}) OR page_url IN ({marks})", args * 2)
+        con.execute(f"DELETE FROM pages WHERE url IN ({marks})", args)
+        sql = "SELECT DISTINCT url, links, images FROM pages, json_each(?) WHERE instr(links||images, value)"
+        for page, links, images in con.execute(sql, [quoted]).fetchall():
+            links = json.dumps([u for u in json.loads(links) if u not in urls])
+            images = json.dumps([i for i in json.loads(images) if i["url"] not in urls])
+            con.execute("UPDATE pages SET links = ?, images = ? WHERE url = ?", (links, images, page))

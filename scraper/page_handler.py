@@ -76,9 +76,9 @@ class PageHandler:
         else:
             content = self._read(fetched, out.url)
             row |= {"status": "fetched"} | content.row()
-        found = self._found(item, out.url, content)
+        found, capped = self._found(item, out.url, content)
         added, over = self.manifest.finish_page(item.url, row, found, self.limits)
-        return ItemDone("pages", added, over)
+        return ItemDone("pages", added, over, capped)
 
     def record_given_up(self, item: Item, error: HostGivenUp) -> ItemDone:
         row = {"url": item.url, "host": item.host, "status": error.status, "error": error.reason}
@@ -96,25 +96,27 @@ class PageHandler:
             agent_token=self.token,
             allowed_types=tuple(c.allowed_types),
         )
-        header = header_opt_out(fetched.headers.get("X-Robots-Tag"), self.token)
+        header = header_opt_out(fetched.robots_tags, self.token)
         nofollow = bool({"nofollow", "none"} & page.robots) or header == "none"
         return PageContent(page.links, page.images, header or directives_opt_out(page.robots), nofollow)
 
-    def _found(self, item: Item, page_url: str, content: PageContent) -> list[Item]:
-        """Frontier items for the page's links (unless nofollow) and images."""
+    def _found(self, item: Item, page_url: str, content: PageContent) -> tuple[list[Item], int]:
+        """Frontier items for the page's links (unless nofollow) and its first `max_images_per_page`
+        images, and how many images were left out for that cap: one page cannot take the budget."""
         found = []
         if item.depth < self.config.max_depth and not content.nofollow:
             for url in content.links:
                 if self.fetcher.refusal(url) is None:
                     found.append(Item(url, "page", host_key(url), item.depth + 1, page_url))
-        for candidate in content.images:
-            if self.fetcher.refusal(candidate.url) is None:
-                meta = candidate.to_dict() | ({"opt_out": content.opt_out} if content.opt_out else {})
-                meta.pop("url")
-                found.append(
-                    Item(candidate.url, "image", host_key(candidate.url), item.depth + 1, page_url, meta)
-                )
-        return found
+        images = [c for c in content.images if self.fetcher.refusal(c.url) is None]
+        cap = self.config.max_images_per_page
+        for candidate in images[:cap]:
+            meta = candidate.to_dict() | ({"opt_out": content.opt_out} if content.opt_out else {})
+            meta.pop("url")
+            found.append(
+                Item(candidate.url, "image", host_key(candidate.url), item.depth + 1, page_url, meta)
+            )
+        return found, max(0, len(images) - cap)
 
 
 def html_only(fetched: Fetched) -> str | None:

@@ -3,7 +3,7 @@
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -15,18 +15,30 @@ class Stopped(Exception):
     """The crawl is stopping (interrupted); the item stays in the frontier for the next run."""
 
 
+OnPause = Callable[[float], None]  # on_pause(wall-clock time the pause ends)
+
+
 class HostThrottle:
     """Spaces requests to one host.
 
     A request may start once fewer than `connections` are in flight and `delay` (stretched by up to
     `jitter`) has passed since the previous request *ended*: measuring from the end means the
     server never sees two requests closer than the delay, however long a response takes.
+    `on_pause` is told when each pause ends, so a later crawler can keep to it (see `restore`).
     """
 
-    def __init__(self, delay: float, jitter: float = 0.0, connections: int = 1, seed: int | None = None):
+    def __init__(
+        self,
+        delay: float,
+        jitter: float = 0.0,
+        connections: int = 1,
+        seed: int | None = None,
+        on_pause: OnPause | None = None,
+    ):
         self.delay = delay
         self.jitter = jitter
         self.connections = connections
+        self.on_pause = on_pause or (lambda until: None)
         self._ready_at = 0.0
         self._last_end: float | None = None
         self._in_flight = 0
@@ -34,9 +46,24 @@ class HostThrottle:
         self._rng = random.Random(seed)
 
     @classmethod
-    def for_host(cls, config: ScrapeConfig) -> "HostThrottle":
+    def for_host(cls, config: ScrapeConfig, on_pause: OnPause | None = None) -> "HostThrottle":
         """A host's throttle as `[scrape]` sets it: `default_delay` until robots.txt names its own."""
-        return cls(config.default_delay, config.delay_jitter, config.connections_per_host)
+        return cls(config.default_delay, config.delay_jitter, config.connections_per_host, on_pause=on_pause)
+
+    def restore(self, last_end: float | None, paused_until: float | None, interrupted: bool) -> None:
+        """Carry on from earlier crawlers (wall-clock times): the next request waits for the delay
+        after their last request and for a pause they were in. After a crawler that was killed,
+        which may have had a request in flight, the delay counts from now."""
+        now, wall = time.monotonic(), time.time()
+        with self._cond:
+            if interrupted:
+                self._last_end = now
+            elif last_end is not None:
+                self._last_end = now - (wall - last_end)
+            if self._last_end is not None:
+                self._ready_at = max(self._ready_at, self._last_end + self._gap())
+            if paused_until is not None:
+                self._ready_at = max(self._ready_at, now + (paused_until - wall))
 
     def _gap(self) -> float:
         return self.delay * (1.0 + self.jitter * self._rng.random())
@@ -63,6 +90,13 @@ class HostThrottle:
                 self._ready_at = max(self._ready_at, self._last_end + self._gap())
                 self._cond.notify_all()
 
+    def last_end(self) -> float | None:
+        """When the last request ended, as a wall-clock time; None before the first."""
+        with self._cond:
+            if self._last_end is None:
+                return None
+            return time.time() - (time.monotonic() - self._last_end)
+
     def set_delay(self, delay: float) -> None:
         """A new delay (robots.txt's Crawl-delay), already counted from the previous request's end."""
         with self._cond:
@@ -76,6 +110,7 @@ class HostThrottle:
         with self._cond:
             self._ready_at = max(self._ready_at, time.monotonic() + seconds)
             self._cond.notify_all()
+        self.on_pause(time.time() + seconds)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:

@@ -111,12 +111,13 @@ class RobotsCache:
 
 def fetch_robots(site: str, send: Send) -> RobotsPolicy:
     """GET `site`/robots.txt and turn the answer into a policy as RFC 9309 says."""
-    url = f"{site}/robots.txt"
+    url = first = f"{site}/robots.txt"
     for _ in range(6):  # RFC 9309: follow at least five redirects
         try:
             fetched = send(url, max_bytes=MAX_ROBOTS_BYTES, truncate=True)
         except FetchError as e:
-            return _unreachable(f"{url} unreachable ({e.reason})")
+            via = f"redirected to {url}: " if url != first else ""
+            return _unreachable(f"{first} unreachable ({via}{e.reason})")
         location = fetched.headers.get("Location")
         if fetched.status in REDIRECT_STATUSES and location and (target := normalize(location, url)):
             url = target
@@ -164,18 +165,26 @@ def agent_token(user_agent: str) -> str:
     return user_agent.split("/")[0].split()[0].strip()
 
 
-def header_opt_out(values: str | None, token: str) -> str | None:
-    """The first opt-out directive of an X-Robots-Tag header that applies to us, or None.
+def header_opt_out(lines: str | list[str] | None, token: str) -> str | None:
+    """The first opt-out directive of X-Robots-Tag header lines that applies to us, or None.
 
-    `X-Robots-Tag: otherbot: noai` concerns only otherbot; `noai` alone concerns everyone.
+    `X-Robots-Tag: otherbot: noai` concerns only otherbot; `noai` alone concerns everyone. Each header
+    line is its own scope: `otherbot: noindex` on one line does not swallow `noai` on the next.
     """
+    for line in [lines] if isinstance(lines, str) else lines or []:
+        if directive := _line_opt_out(line, token.lower()):
+            return directive
+    return None
+
+
+def _line_opt_out(line: str, token: str) -> str | None:
     scope = None
-    for part in (values or "").split(","):
+    for part in line.split(","):
         part = part.strip().lower()
         name, colon, rest = part.partition(":")
         if colon and name.strip() not in _VALUED and rest.strip():
             scope, part = name.strip(), rest.strip()
-        if (scope is None or scope in ("*", token.lower())) and part in OPT_OUT_DIRECTIVES:
+        if (scope is None or scope in ("*", token)) and part in OPT_OUT_DIRECTIVES:
             return part
     return None
 

@@ -1,9 +1,20 @@
-"""Content-addressed raw files: raw/<aa>/<sha256>.<ext>, written atomically, each stored once."""
+"""Content-addressed raw files: raw/<aa>/<sha256>.<ext>, written atomically, each stored once; the
+lock that lets one writer at a time (a crawl) work there, and the clean-up of what a killed one left."""
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from common.clock import now_iso
 from common.files import atomic_write_bytes, sha256_bytes
 from common.layout import DataRoot
+from common.report import BadInputError
 from scraper.images import EXTENSIONS, ImageInfo
+
+LOCK_NAME = ".lock"
+LEFTOVERS = "??/.*.tmp"  # common.files.atomic_path's temporary files, beside their targets
 
 
 class RawStore:
@@ -28,3 +39,37 @@ class RawStore:
             "height": info.height,
             "first_seen": now_iso(),
         }
+
+    def remove_leftovers(self) -> int:
+        """Delete the temporary files of writes that never finished (the writer was killed); how
+        many. Call it only while holding `raw_lock`: then nobody else is writing."""
+        removed = 0
+        for tmp in self.root.raw_dir.glob(LEFTOVERS):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+@contextmanager
+def raw_lock(raw_dir: Path) -> Iterator[None]:
+    """Hold raw/.lock while writing to the raw store (a crawl does); BadInputError while another
+    process holds it. The system lets go of it when the holder ends, however it ends."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with open(raw_dir / LOCK_NAME, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise BadInputError(
+                f"another crawl (process {holder}) is writing to {raw_dir}; wait for it to finish, "
+                "or give this one another data directory"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,8 +1,13 @@
-"""URL hygiene: normalisation, host keys, allowed hosts and crawl-trap limits."""
+"""URL hygiene: normalisation, host keys, allowed hosts and crawl-trap limits.
+
+Host names are kept in their IDNA (punycode) form, `xn--bcher-kva.example` for `bücher.example`, the
+form DNS and the Host header use; either spelling in a page or in the config means the same host.
+"""
 
 from collections import Counter
-from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit, urlunsplit
 
+import idna  # requests' own dependency: IDNA 2008 with the UTS #46 mapping browsers use
 from requests.utils import requote_uri
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp")
@@ -29,14 +34,25 @@ def normalize(url: str, base: str | None = None) -> str | None:
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+    netloc = ascii_host(parts.hostname or "")
+    if scheme not in _DEFAULT_PORTS or not netloc:
         return None
-    netloc = parts.hostname.lower()
     if ":" in netloc:  # IPv6 literal
         netloc = f"[{netloc}]"
     if port and port != _DEFAULT_PORTS[scheme]:
         netloc += f":{port}"
     return requote_uri(urlunsplit((scheme, netloc, parts.path or "/", parts.query, "")))
+
+
+def ascii_host(name: str) -> str | None:
+    """A host name in lower case and IDNA (punycode) form; None if it is not a valid name."""
+    name = unquote(name).strip().lower()
+    if name.isascii():
+        return name
+    try:
+        return idna.encode(name, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
 
 
 def host_key(url: str) -> str:
@@ -50,20 +66,31 @@ def origin(url: str) -> str:
 
 
 def allowed_hosts(configured: list[str], seeds: list[str]) -> list[str]:
-    """`[scrape] allowed_hosts`, or the seeds' hosts when it is empty."""
-    return configured or sorted({urlsplit(s).hostname or "" for s in seeds})
+    """`[scrape] allowed_hosts` (or the seeds' hosts when it is empty), in IDNA form."""
+    entries = configured or sorted({urlsplit(s).hostname or "" for s in seeds})
+    return [_ascii_entry(entry) for entry in entries]
+
+
+def _ascii_entry(entry: str) -> str:
+    """An allowed_hosts entry (`host`, `host:port`, `*.domain`) with its name in IDNA form."""
+    prefix = "*." if entry.strip().startswith("*.") else ""
+    name, colon, port = entry.strip().removeprefix("*.").rpartition(":")
+    if not colon or not port.isdigit():
+        name, colon, port = entry.strip().removeprefix("*."), "", ""
+    return prefix + (ascii_host(name) or name.lower()) + colon + port
 
 
 def host_allowed(url: str, allowed: list[str]) -> bool:
-    """Exact host or host:port, or a `*.example.org` pattern for the domain and its subdomains."""
+    """Exact host or host:port, or a `*.example.org` pattern for the domain and its subdomains;
+    `allowed` as `allowed_hosts` returns it."""
     parts = urlsplit(url)
-    hostname = (parts.hostname or "").lower()
+    hostname = ascii_host(parts.hostname or "") or ""
+    with_port = f"{hostname}:{parts.port}" if parts.port else hostname
     for entry in allowed:
-        entry = entry.lower().strip()
         if entry.startswith("*."):
             if hostname == entry[2:] or hostname.endswith(entry[1:]):
                 return True
-        elif entry in (hostname, parts.netloc.lower()):
+        elif entry in (hostname, with_port):
             return True
     return False
 

@@ -96,7 +96,10 @@ def test_recrawl_sends_etag_and_last_modified_and_force_refetches(tmp_path):
         assert all(
             "If-None-Match" not in s.headers and "If-Modified-Since" not in s.headers for s in a.requests()
         )
-        assert report.counts["fetched"] == 3
+        assert sorted(a.paths()) == ["/", "/changing.jpg", "/dated.jpg", "/tagged.jpg"]  # all again
+        # The same bytes from the same URL are not_modified, asked conditionally or not.
+        assert report.counts["not_modified"] == 3 and report.counts["fetched"] == 0
+        assert {r["status"] for r in manifest_rows(root, "urls").values()} == {"not_modified"}
 
 
 def test_forgotten_urls_are_never_requested_and_forgotten_bytes_never_stored(tmp_path):
@@ -189,6 +192,12 @@ def test_a_killed_crawl_resumes_without_refetching_or_losing_a_row(tmp_path, pho
             s for h in web.hosts for s in h.requests() if s.start > killed_at and h.url(s.path) in done_before
         ]
         assert refetched == []  # nothing stored before the kill is asked for again
+        for host in web.hosts:  # the Crawl-delay holds across the kill, from the server's view
+            before = [s for s in host.requests() if s.start <= killed_at]
+            resumed = [s for s in host.requests() if s.start > killed_at]
+            if before and resumed:
+                last = max(before, key=lambda s: s.start)
+                assert min(s.start for s in resumed) - last.end >= 0.1, (host.netloc, last.path)
         assert not [s for s in after if s.path == "/"]  # nor the seed pages it had read
         image_requests = [s for h in web.hosts for s in h.requests() if s.path.endswith(".jpg")]
         assert len(image_requests) <= 24 + 2  # at most one download per host was lost in flight
@@ -229,6 +238,8 @@ def test_bad_configs_are_refused_with_the_key_and_the_fix(tmp_path):
         ({"user_agent": "mybot"}, "user_agent"),
         ({"max_depth": -1}, "max_depth"),
         ({"robots_max_age": 2 * 86_400}, "robots_max_age"),
+        ({"max_images_per_page": 0}, "max_images_per_page"),
+        ({"resolve": {"staging.example": "not-an-address"}}, "resolve"),
         ({"seed": ["https://example.org/"]}, "seed"),  # a typo
     ):
         with pytest.raises(ValidationError, match=key):

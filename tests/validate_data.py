@@ -5,12 +5,16 @@ would leave them; crops are 64x64 squares around the pupils (pupils.csv), so YuN
 """
 
 import csv
+import shutil
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, ImageSequence
 
 from common.files import sha256_bytes
 from common.layout import DataRoot
@@ -141,3 +145,99 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
         if needle in data or needle in pixels:
             hits.append(path)
     return hits
+
+
+# --- a crawled data root, and the whole data root searched for what a takedown must remove -------------
+
+
+def crawl_photos(root: DataRoot, rows: list[dict], per_page: int = 5) -> dict[str, str]:
+    """The real crawler on a loopback website whose pages show the photos, `per_page` to a page: it writes
+    raw/ and every table of raw/manifest.sqlite (files, urls, pages, frontier). Returns image URL -> page."""
+    from scraper.crawl import crawl
+    from tests.website import Website, scrape_config
+
+    with Website(1) as web:
+        (host,) = web.hosts
+        pages = [rows[k : k + per_page] for k in range(0, len(rows), per_page)]
+        host.page("/", "".join(f'<a href="/people/{k}.html">people</a>' for k in range(len(pages))))
+        for k, shown in enumerate(pages):
+            host.page(
+                f"/people/{k}.html", "".join(f'<img src="/img/{r["file"]}" alt="portrait">' for r in shown)
+            )
+        for row in rows:
+            host.image(f"/img/{row['file']}", (NEUTRAL / row["file"]).read_bytes())
+        crawl(scrape_config(web, [host.url("/")]), root)
+        return {
+            host.url(f"/img/{r['file']}"): host.url(f"/people/{k}.html")
+            for k, p in enumerate(pages)
+            for r in p
+        }
+
+
+def pictures(path: Path) -> Iterator[tuple[np.ndarray, float]]:
+    """Every picture a file holds (RGB), with how far (RMS, 0..255) a copy of a crop in it may be off:
+    PNG images and GIF frames (a GIF's palette shifts colours a little), each image of a uint8 .npy."""
+    if path.suffix in (".png", ".gif"):
+        with Image.open(path) as image:
+            for frame in ImageSequence.Iterator(image):
+                yield np.asarray(frame.convert("RGB")), 12.0 if path.suffix == ".gif" else 1.0
+    elif path.suffix == ".npy":
+        array = np.load(path, mmap_mode="r")
+        if array.dtype == np.uint8 and array.ndim >= 3 and array.shape[-1] == 3:
+            yield from ((np.asarray(image), 1.0) for image in array.reshape(-1, *array.shape[-3:]))
+
+
+def shows(picture: np.ndarray, crop: np.ndarray, tolerance: float) -> bool:
+    """Whether the crop (RGB, or BGR) is in the picture at any offset: a tile of a grid or sheet, a row."""
+    if picture.shape[0] < crop.shape[0] or picture.shape[1] < crop.shape[1]:
+        return False
+    image = picture.astype(np.float32)
+    for template in (crop, crop[..., ::-1]):
+        squared = cv2.matchTemplate(image, np.ascontiguousarray(template, np.float32), cv2.TM_SQDIFF)
+        if squared.min() / template.size <= tolerance**2:
+            return True
+    return False
+
+
+def without_forgotten(db: Path, scratch: Path) -> bytes:
+    """The bytes of a copy of the raw manifest with its `forgotten` table (the takedown record) dropped
+    and zeroed: whatever else it still says, stale free pages included, is left."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    copy = scratch / db.name
+    for suffix in ("", "-wal"):
+        if Path(f"{db}{suffix}").is_file():
+            shutil.copyfile(f"{db}{suffix}", f"{copy}{suffix}")
+    with closing(sqlite3.connect(copy)) as con:
+        con.execute("PRAGMA journal_mode = DELETE")
+        con.execute("PRAGMA secure_delete = ON")
+        con.execute("DROP TABLE IF EXISTS forgotten")
+        con.commit()
+    data = copy.read_bytes()
+    copy.unlink()
+    return data
+
+
+@dataclass
+class Traces:
+    """What a takedown must leave nowhere: a slice of the original's bytes, a crop's pixels, texts."""
+
+    original: bytes
+    crop: np.ndarray  # RGB
+    texts: list[str]  # URLs, hashes
+
+    def search(self, root: DataRoot, scratch: Path) -> dict[str, list[str]]:
+        """Where each is found under the data root: every file's bytes (the raw manifest's without its
+        `forgotten` table), every picture's pixels; paths relative to the data root."""
+        found: dict[str, list[str]] = {"original": [], "crop": [], **{t: [] for t in self.texts}}
+        for path in sorted(p for p in root.root.rglob("*") if p.is_file()):
+            name = str(path.relative_to(root.root))
+            data = without_forgotten(path, scratch) if path == root.raw_manifest else path.read_bytes()
+            for what, needle in [("original", self.original)] + [(t, t.encode()) for t in self.texts]:
+                if needle in data:
+                    found[what].append(name)
+            if any(shows(picture, self.crop, tolerance) for picture, tolerance in pictures(path)):
+                found["crop"].append(name)
+        return found
+
+    def nowhere(self) -> dict[str, list[str]]:
+        return {"original": [], "crop": [], **{t: [] for t in self.texts}}

@@ -9,8 +9,10 @@ request they see, so tests assert on what a server saw: paths, headers, times.
         assert b.paths() == ["/robots.txt", "/x.jpg"]
 
 Routes are static `Reply`s or functions of the `Seen` request returning one. A reply with an
-`etag` or `last_modified` answers conditional requests with 304, as a real server does. Each host
-is a demo.server.RecordingServer, as the demo gallery is.
+`etag` or `last_modified` answers conditional requests with 304, as a real server does. A reply can
+repeat a header line, wait, drip its body (or endless headers) byte by byte and give up after a
+while; the `Seen` request then tells how much was sent and who hung up. Each host is a
+demo.server.RecordingServer, as the demo gallery is.
 """
 
 import time
@@ -34,18 +36,23 @@ class Seen:
     end: float = 0.0  # when the response was written
     client_port: int = 0
     wall: float = 0.0  # time.time() when the request line arrived (to compare with HTTP dates)
+    sent: int = 0  # body bytes written (header bytes, for a reply that drips its headers)
+    hung_up: str = ""  # who ended an unfinished body: "client" (a write failed) or "server" (gave up)
 
 
 @dataclass
 class Reply:
     status: int = 200
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | list[str]] = field(default_factory=dict)  # a list: one header line each
     content_type: str | None = None
     etag: str | None = None
     last_modified: str | None = None
     delay: float = 0.0  # seconds before answering
-    drip: float = 0.0  # seconds between 1 KiB body chunks (a slow server)
+    drip: float = 0.0  # seconds between body chunks of `drip_bytes` (a slow server)
+    drip_bytes: int = 1024  # also the chunk size of a chunked body
+    give_up_after: float | None = None  # the server hangs up itself after this many seconds of body
+    drip_headers: bool = False  # drip endless header lines instead (a server that never gets to a body)
     chunked: bool = False  # no Content-Length, chunked transfer encoding
 
 
@@ -119,13 +126,17 @@ class _Handler(RecordingHandler):
         try:
             self._send(reply, seen)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the crawler hung up on purpose (a cap, an opt-out)
+            seen.hung_up = "client"  # the crawler hung up on purpose (a cap, an opt-out, a deadline)
         finally:
             seen.end = time.monotonic()
 
     def _send(self, reply: Reply, seen: Seen) -> None:
         if reply.delay:
             time.sleep(reply.delay)
+        if reply.drip_headers:
+            filler = "".join(f"X-Filler-{i}: {'x' * 60}\r\n" for i in range(1000))
+            self._drip(f"HTTP/1.1 {reply.status} OK\r\n{filler}".encode(), reply, seen, framed=False)
+            return
         headers = dict(reply.headers)
         if reply.content_type:
             headers["Content-Type"] = reply.content_type
@@ -143,21 +154,36 @@ class _Handler(RecordingHandler):
             return
         self.send_response(reply.status)
         for k, v in headers.items():
-            self.send_header(k, v)
+            for line in v if isinstance(v, list) else [v]:
+                self.send_header(k, line)
         if reply.chunked:
             self.send_header("Transfer-Encoding", "chunked")
         else:
             self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
-        step = 1024 if reply.drip or reply.chunked else max(len(reply.body), 1)
-        for i in range(0, len(reply.body), step):
-            chunk = reply.body[i : i + step]
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
+        self._body(reply, seen)
+
+    def _body(self, reply: Reply, seen: Seen) -> None:
+        if self._drip(reply.body, reply, seen, framed=reply.chunked) and reply.chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _drip(self, data: bytes, reply: Reply, seen: Seen, framed: bool) -> bool:
+        """Write `data` (in drips if the reply asks, in chunked framing if `framed`); False if the
+        server gave up before the end."""
+        step = reply.drip_bytes if reply.drip or reply.chunked else max(len(data), 1)
+        started = time.monotonic()
+        for i in range(0, len(data), step):
+            if reply.give_up_after is not None and time.monotonic() - started > reply.give_up_after:
+                seen.hung_up = "server"
+                self.close_connection = True
+                return False
+            chunk = data[i : i + step]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if framed else chunk)
             self.wfile.flush()
+            seen.sent += len(chunk)
             if reply.drip:
                 time.sleep(reply.drip)
-        if reply.chunked:
-            self.wfile.write(b"0\r\n\r\n")
+        return True
 
 
 def _not_modified(reply: Reply, headers: dict[str, str]) -> bool:

@@ -1,43 +1,41 @@
 """Takedown: `faces forget <image URL | page URL | sha256>`.
 
-Afterwards no byte of the image is left under the data root except the record of its URLs and hash
-in raw/manifest.sqlite `forgotten` (which the crawler checks, so it is never fetched again):
-- its raw file and crops are deleted, and its rows in both manifests and in validation's state
-  (SQLite's secure_delete overwrites the freed space, and the write-ahead log is truncated);
+Afterwards no byte of the image, none of its pixels, nor its hash or URLs are left under the data root
+except the record of its URLs and hash in raw/manifest.sqlite `forgotten` (which the crawler checks, so
+it is never fetched again):
+- exports whose memorisation.png showed one of its crops lose that picture and are marked for re-export
+  (export.redaction); trained runs cannot forget one face, so the report names those trained on it;
 - every snapshot whose images hold one of its crops is deleted whole. A snapshot is frozen and named
   by its content, so rewriting it without the crop would make it a different dataset under the old
   name; a new snapshot is built instead, from what is left;
 - a snapshot that shows it only on a rejected contact sheet (its dataset never held it) is redacted:
-  the tile is painted white and the crop is dropped from report.json, report.md and the card.
+  the tile is painted white and the crop is dropped from report.json, report.md and the card;
+- its raw file and crops are deleted, and its rows in both manifests (the crawler's frontier and pages
+  included) and in validation's state. SQLite's secure_delete zeroes the space the rows leave, and each
+  database is then rebuilt (VACUUM), so no older deleted copy lingers in free pages either.
 
-The order makes a killed takedown safe to run again: the forgotten record first, then the files,
-then the rows that map the URL to the image last.
+The order makes a killed takedown safe to run again: the forgotten record first, the exports while the
+snapshots still say which crops they show, then the files, and the rows that map the URL to the image last.
+The report names every file and folder deleted or rewritten.
 """
 
 import json
-import math
-import os
 import re
-import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-
 from common.clock import now_iso
-from common.files import atomic_write_json, sha256_file
+from common.files import sha256_file
 from common.layout import DataRoot
 from common.report import BadInputError, StageReport
 from preprocess import manifest as faces_manifest
 from scraper import manifest as raw_manifest
-from validate import snapshot
-from validate.checks import REASONS
 from validate.config import ValidateConfig
 from validate.inputs import as_root
+from validate.purge import purge_exports, purge_snapshots
 from validate.stage import validate
 from validate.store import connect, delete_crops
 
@@ -55,45 +53,40 @@ class Target:
 
 
 def forget(key: str, root: DataRoot | str | Path, validate_config: ValidateConfig) -> StageReport:
+    """Take down every image `key` names, everywhere under the data root (see the module docstring)."""
     start = time.monotonic()
     root = as_root(root)
     key = normalise_key(key)
     target = resolve(root, key)
     record_forgotten(root, target)
     if not target.shas:
+        notes = [f"nothing stored matches {key}; it is recorded, so the crawler will never fetch it"]
+        notes += database_notes(root, remove_rows(root, target, set()), key)
         return StageReport(
-            stage="forget",
-            counts={"images": 0},
-            notes=[f"nothing stored matches {key}; it is recorded, so the crawler will never fetch it"],
-            seconds=time.monotonic() - start,
+            stage="forget", counts={"images": 0}, notes=notes, seconds=time.monotonic() - start
         )
 
-    removed, redacted = purge_snapshots(root, target)
+    exports = purge_exports(root, target.shas)  # first: the snapshots still say which crops each one shows
+    snapshots, redacted = purge_snapshots(root, target.shas, target.crop_ids)
     crop_hashes = {sha256_file(p) for p in target.crop_files if p.is_file()}
     files = remove_files(root, target)
-    remove_rows(root, target, crop_hashes)
-    notes = snapshot_notes(removed, redacted) + runs_notes(root, removed)
-    outputs = {}
-    try:
-        report = validate(validate_config, root)
-        outputs = {k: v for k, v in report.outputs.items() if k in ("dataset", "report", "card")}
-        notes += report.notes
-    except BadInputError as e:
-        if root.latest_dataset.is_symlink() and not root.latest_dataset.exists():
-            root.latest_dataset.unlink()  # it pointed at a deleted snapshot
-        notes.append(f"no new snapshot could be built from what is left: {e}")
+    databases = remove_rows(root, target, crop_hashes)
+    notes = change_notes(root, files, snapshots, redacted, exports) + database_notes(root, databases, key)
+    notes += runs_notes(root, {p.name for p in snapshots})
+    outputs, rebuilt = rebuild_dataset(root, validate_config)
     return StageReport(
         stage="forget",
         counts={
             "images": len(target.shas),
             "urls": len(target.urls),
-            "files removed": files,
+            "files removed": len(files),
             "crops removed": len(target.crop_ids),
-            "snapshots removed": len(removed),
+            "snapshots removed": sum(not p.name.startswith(".") for p in snapshots),  # not half-built ones
             "snapshots redacted": len(redacted),
+            "exports redacted": sum(p.name == "export.json" for p in exports[1]),
         },
         outputs=outputs,
-        notes=notes,
+        notes=notes + rebuilt,
         seconds=time.monotonic() - start,
     )
 
@@ -119,6 +112,8 @@ def resolve(root: DataRoot, key: str) -> Target:
     if SHA256.fullmatch(key):
         target.shas.add(key)
     target.urls = raw_manifest.urls_found_at(root.raw_manifest, key)
+    for url in raw_manifest.images_listed_on(root.raw_manifest, key):  # found on the page, fetched or not
+        target.urls |= raw_manifest.urls_found_at(root.raw_manifest, url) or {url: None}
     target.shas |= {sha for sha in target.urls.values() if sha}
     # a takedown killed after its rows went: its record still names the hashes, so finish it
     target.shas |= raw_manifest.forgotten_hashes(root.raw_manifest, key)
@@ -143,73 +138,114 @@ def record_forgotten(root: DataRoot, target: Target) -> None:
     raw_manifest.record_forgotten(root.raw_manifest, rows)
 
 
-# --- snapshots --------------------------------------------------------------------------------------------
+# --- files and rows -----------------------------------------------------------------------------------------
 
 
-def purge_snapshots(root: DataRoot, target: Target) -> tuple[list[str], list[str]]:
-    """Delete snapshots whose images hold the image; redact those that only show it as rejected."""
-    if not root.datasets_dir.is_dir():
-        return [], []
-    for p in root.datasets_dir.iterdir():  # half-built or half-deleted snapshots may hold it too
-        if p.is_dir() and p.name.startswith((snapshot.TMP_PREFIX, snapshot.TRASH_PREFIX)):
-            shutil.rmtree(p, ignore_errors=True)
-    removed, redacted = [], []
-    for folder in snapshot.list_snapshots(root):
-        if any(row["sha256"] in target.shas for row in snapshot.read_index(folder)):
-            snapshot.remove_snapshot(folder)
-            removed.append(folder.name)
-        elif redact(folder, target):
-            redacted.append(folder.name)
-    return removed, redacted
+def remove_files(root: DataRoot, target: Target) -> list[Path]:
+    """The original and its crops (and atomic-write leftovers of either); returns the files deleted."""
+    paths = set(target.crop_files)
+    for sha in target.shas:
+        folder = root.raw_dir / sha[:2]
+        paths |= set(folder.glob(f"{sha}.*")) | set(folder.glob(f".{sha}.*"))
+        paths |= set(root.faces_dir.glob(f".{sha}-*"))
+    removed = sorted(p for p in paths if p.is_file())
+    for p in removed:
+        p.unlink()
+    return removed
 
 
-def redact(folder: Path, target: Target) -> bool:
-    report = snapshot.load_report(folder)
-    gone = [q for q in report["quarantined"] if q["sha256"] in target.shas or q["crop_id"] in target.crop_ids]
-    if not gone:  # (duplicates name only accepted crops, and a snapshot holding those is deleted)
-        return False
-    stat = folder.stat()
-    gone_ids = {q["crop_id"] for q in gone}
-    for name, ids in report.get("sheets", {}).items():
-        if name.startswith("rejected-") and gone_ids.intersection(ids):
-            blank_tiles(folder / name, ids, gone_ids, report["image_size"])
-            report["sheets"][name] = ["" if i in gone_ids else i for i in ids]
-    report["quarantined"] = [q for q in report["quarantined"] if q["crop_id"] not in gone_ids]
-    counts = report["counts"]
-    counts["crops"] -= len(gone)
-    counts["quarantined"] -= len(gone)
-    counts.update({r: sum(r in q["reasons"] for q in report["quarantined"]) for r in REASONS})
-    report.setdefault("redactions", []).append({"at": now_iso(), "crops": len(gone)})
-    atomic_write_json(folder / "report.json", report)
-    snapshot.render(folder, report, snapshot.read_index(folder))
-    os.utime(folder, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # redaction does not make it newer
-    return True
+def remove_rows(root: DataRoot, target: Target, crop_hashes: set[str]) -> dict[Path, bool]:
+    """Each database's rows of the image, each owner's SQL; the raw manifest's last: they map the URL
+    to the image. Returns each database changed and whether it was rebuilt (`erase`)."""
+    urls = set(target.urls) | ({target.key} if target.key.startswith("http") else set())
+
+    def raw_rows(con: sqlite3.Connection) -> None:
+        raw_manifest.delete_images(con, target.shas, target.urls)
+        raw_manifest.delete_crawled(con, urls)  # the frontier, and the pages that list them
+
+    steps: list[tuple[Path, Callable[[sqlite3.Connection], None]]] = [
+        (root.validate_store, lambda con: delete_crops(con, crop_hashes, target.shas, target.crop_ids)),
+        (root.faces_manifest, lambda con: faces_manifest.delete_sources(con, target.shas)),
+    ]
+    steps = (steps if target.shas else []) + [(root.raw_manifest, raw_rows)]
+    return {db: erase(db, delete) for db, delete in steps if db.is_file()}
 
 
-def blank_tiles(sheet_path: Path, ids: list[str], gone: set[str], size: int) -> None:
-    """Paint the tiles of the given crops white, in the grid snapshot.contact_sheet laid out."""
-    sheet = cv2.imread(str(sheet_path))
-    cols = math.ceil(math.sqrt(len(ids)))
-    step = size + snapshot.SHEET_GAP
-    for i, crop_id in enumerate(ids):
-        if crop_id in gone:
-            y, x = snapshot.SHEET_GAP + (i // cols) * step, snapshot.SHEET_GAP + (i % cols) * step
-            sheet[y : y + size, x : x + size] = 255
-    snapshot.write_png(sheet_path, sheet)
+def erase(db: Path, delete: Callable[[sqlite3.Connection], None]) -> bool:
+    """`delete` in one transaction whose deletions zero the space they free, then the file rebuilt
+    (VACUUM: rows deleted earlier, by the crawler say, linger in free pages otherwise) and its
+    write-ahead log truncated. False when another process held it, so it could not be rebuilt."""
+    with connect(db, secure_delete=True) as con:
+        with con:
+            delete(con)
+        try:
+            con.execute("VACUUM")
+            busy = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.OperationalError:  # still locked after the busy timeout
+            return False
+    return not busy
 
 
-def snapshot_notes(removed: list[str], redacted: list[str]) -> list[str]:
-    notes = []
-    if removed:
-        notes.append(f"snapshots that contained it, deleted: {', '.join(removed)}")
-    if redacted:
-        notes.append(f"snapshots that showed it as rejected, redacted: {', '.join(redacted)}")
-    if not removed and not redacted:
+# --- what is left, and the report ------------------------------------------------------------------------
+
+
+def rebuild_dataset(root: DataRoot, validate_config: ValidateConfig) -> tuple[dict[str, str], list[str]]:
+    """A new snapshot from what is left, pointed at by `latest`: (its outputs, notes)."""
+    try:
+        report = validate(validate_config, root)
+    except BadInputError as e:
+        if root.latest_dataset.is_symlink() and not root.latest_dataset.exists():
+            root.latest_dataset.unlink()  # it pointed at a deleted snapshot
+        return {}, [f"no new snapshot could be built from what is left: {e}"]
+    outputs = {k: v for k, v in report.outputs.items() if k in ("dataset", "report", "card")}
+    return outputs, report.notes
+
+
+def names(root: DataRoot, paths: Iterable[Path]) -> str:
+    """Paths relative to the data root, comma-separated."""
+    return ", ".join(str(p.relative_to(root.root)) for p in paths)
+
+
+def change_notes(
+    root: DataRoot,
+    files: list[Path],
+    snapshots: list[Path],
+    redacted: dict[Path, list[Path]],
+    exports: tuple[list[Path], list[Path]],
+) -> list[str]:
+    """Every file and folder deleted or rewritten, by what it was."""
+    notes = [f"deleted, the image and its crops: {names(root, files)}"] if files else []
+    if snapshots:
+        notes.append(f"snapshots that contained it, deleted: {names(root, snapshots)}")
+    else:
         notes.append("no snapshot contained it")
+    for folder, rewritten in redacted.items():
+        notes.append(f"{names(root, [folder])} showed it as rejected, redacted: {names(root, rewritten)}")
+    deleted, marked = exports
+    if deleted:
+        notes.append(
+            f"exports that showed it (or whose snapshot is gone, so that cannot be told), deleted: "
+            f"{names(root, deleted)}; marked for re-export: {names(root, marked)} (`faces export --run "
+            "<run>` draws memorisation.png again from the crops left)"
+        )
     return notes
 
 
-def runs_notes(root: DataRoot, removed: list[str]) -> list[str]:
+def database_notes(root: DataRoot, databases: dict[Path, bool], key: str) -> list[str]:
+    rebuilt = [db for db, done in databases.items() if done]
+    busy = [db for db, done in databases.items() if not done]
+    notes = [f"rows deleted and databases rebuilt: {names(root, rebuilt)}"] if rebuilt else []
+    if busy:
+        notes.append(
+            "rows deleted (their space zeroed), but another process kept these busy, so they were not "
+            "rebuilt or their write-ahead log not truncated: "
+            f"{names(root, busy)}; older deleted rows may linger in their free pages: run `faces forget "
+            f"{key}` again when nothing else uses them"
+        )
+    return notes
+
+
+def runs_notes(root: DataRoot, removed: set[str]) -> list[str]:
     """Training runs made from a deleted snapshot: their models learned from the image."""
     runs = []
     for run_json in sorted(root.runs_dir.glob("*/run.json")) if root.runs_dir.is_dir() else []:
@@ -218,50 +254,10 @@ def runs_notes(root: DataRoot, removed: list[str]) -> list[str]:
         except (OSError, ValueError):
             continue
         if dataset in removed:
-            runs.append(run_json.parent.name)
+            runs.append(run_json.parent)
     if not runs:
         return []
     return [
-        f"runs trained on a deleted snapshot (retrain, or delete them, to forget it fully): {', '.join(runs)}"
+        "runs trained on a deleted snapshot, kept: a trained generator cannot forget one face; retrain, "
+        f"or delete them, to forget it fully: {names(root, runs)}"
     ]
-
-
-# --- files and rows -----------------------------------------------------------------------------------------
-
-
-def remove_files(root: DataRoot, target: Target) -> int:
-    paths = set(target.crop_files)
-    for sha in target.shas:
-        folder = root.raw_dir / sha[:2]
-        paths |= set(folder.glob(f"{sha}.*")) | set(folder.glob(f".{sha}.*"))  # and atomic-write leftovers
-        paths |= set(root.faces_dir.glob(f".{sha}-*"))
-    removed = 0
-    for p in paths:
-        if p.is_file():
-            p.unlink()
-            removed += 1
-    return removed
-
-
-def remove_rows(root: DataRoot, target: Target, crop_hashes: set[str]) -> None:
-    """Each database's rows of the image, each owner's SQL; the raw manifest's last: they map the URL
-    to the image."""
-    if root.validate_store.is_file():
-        with erasing(root.validate_store) as con:
-            delete_crops(con, crop_hashes, target.shas, target.crop_ids)
-    if root.faces_manifest.is_file():
-        with erasing(root.faces_manifest) as con:
-            faces_manifest.delete_sources(con, target.shas)
-    if root.raw_manifest.is_file():
-        with erasing(root.raw_manifest) as con:
-            raw_manifest.delete_images(con, target.shas, target.urls)
-
-
-@contextmanager
-def erasing(db: Path) -> Iterator[sqlite3.Connection]:
-    """One transaction whose deletions zero the freed space; then the write-ahead log is truncated."""
-    with connect(db, secure_delete=True) as con:
-        with con:
-            yield con
-        with suppress(sqlite3.OperationalError):  # another process is writing: its checkpoint does it
-            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
