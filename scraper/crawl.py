@@ -245,7 +245,8 @@ class Crawler:
             self.done += 1
             self.total += result.added
             done, total = self.done, self.total
-        self.progress(done, total, f"{result.status} {item.url}")
+        # Host, not URL: progress messages end up in Prefect's database, which a takedown cannot reach.
+        self.progress(done, total, f"{result.status} on {host}")
 
     # ------------------------------------------------------------ hosts that are out
 
