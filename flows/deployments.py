@@ -1,7 +1,9 @@
 """Deployments: faces-pipeline/nightly (cron), faces-pipeline/manual, and <stage>/manual for each stage.
 
-`faces serve` serves them all from one process; each deployment's default parameters come from
-faces.toml, and `prefect deployment run ... --param` overrides them (validated by the server).
+`faces serve` serves them all from one process; each deployment's default parameters are what
+faces.toml sets (the data root, and only the keys its tables name: the rest are the flows' own
+defaults, so the Parameters tab and `prefect deployment inspect` stay short), and
+`prefect deployment run ... --param` overrides them (validated by the server).
 """
 
 from pathlib import Path
@@ -13,10 +15,18 @@ from flows.config import STAGES, PipelineConfig
 from flows.pipeline import STAGE_FLOWS, faces_pipeline
 
 
+def tables_set(cfg: PipelineConfig) -> dict[str, dict]:
+    """Each stage table's keys that faces.toml sets; tables it leaves out are left out."""
+    tables = {
+        stage: c.model_dump(mode="json", exclude_unset=True) for stage, c in cfg.stage_configs().items()
+    }
+    return {stage: table for stage, table in tables.items() if table}
+
+
 def build_deployments(cfg: PipelineConfig) -> list:
     data_dir = str(Path(cfg.data_dir).expanduser().resolve())
-    stage_params = {stage: c.model_dump(mode="json") for stage, c in cfg.stage_configs().items()}
-    pipeline_params = {"data_dir": data_dir, **stage_params}
+    tables = tables_set(cfg)
+    pipeline_params = {"data_dir": data_dir, **tables}
     nightly = faces_pipeline.to_deployment(
         "nightly",
         schedule=Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone),
@@ -30,7 +40,7 @@ def build_deployments(cfg: PipelineConfig) -> list:
     stages = [
         STAGE_FLOWS[stage].to_deployment(
             "manual",
-            parameters={"data_dir": data_dir, stage: stage_params[stage]},
+            parameters={"data_dir": data_dir, **{k: v for k, v in tables.items() if k == stage}},
             description=f"Only the {stage} stage.",
             tags=["faces", stage],
         )

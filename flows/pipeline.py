@@ -3,19 +3,25 @@
 Each task wraps one plain stage function with retries, a cache keyed on the content of its inputs,
 and artifacts. `faces-pipeline` calls the five tasks in pipeline order, each only when its stage was
 chosen, and stops at the first failure; each stage flow calls its one task the same way.
-Flow parameters are the stage config models, so the Prefect server validates `--param` overrides.
+Flow parameters are the stage config models, so the Prefect server validates `--param` overrides;
+their descriptions (the docstrings' Args) are what the UI's Parameters tab shows.
 """
 
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from prefect import Task, flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext
 
 from common.layout import DataRoot
 from common.report import StageReport
 from export import stage as export_stage
 from export.config import ExportConfig
-from flows.artifacts import run_published
+from flows.artifacts import announce_cached, run_published
 from flows.config import STAGES, Stage
 from flows.dask import run_on_dask
 from flows.policies import RETRIES, content_cache_key
@@ -78,11 +84,22 @@ def cache_checked(stage_task: Task, data_dir: str, force: bool, run: str | None 
     return stage_task.with_options(refresh_cache=force or not output.exists())
 
 
+def run_stage(stage_task: Task, config, data_dir: str, force: bool, **kwargs) -> StageReport:
+    """Call a stage's task; when it was served from the cache, say so (a cached task publishes nothing)."""
+    state = cache_checked(stage_task, data_dir, force, kwargs.get("run"))(
+        config, data_dir, force, **kwargs, return_state=True
+    )
+    report = state.result()  # raises the task's error when it failed
+    if state.name == "Cached":
+        announce_cached(report, data_dir)
+    return report
+
+
 def run_preprocess(config: PreprocessConfig, data_dir: str, force: bool) -> StageReport:
     """The preprocess task, or with `dask_address` set its subflow: one task per batch on Dask."""
     if config.dask_address:
         return run_on_dask(config, data_dir, force)
-    return cache_checked(preprocess_task, data_dir, force)(config, data_dir, force)
+    return run_stage(preprocess_task, config, data_dir, force)
 
 
 # --- flows ------------------------------------------------------------------------------------------
@@ -103,7 +120,31 @@ def _summary(report: StageReport) -> dict:
     return {"counts": report.counts, "outputs": report.outputs, "seconds": round(report.seconds, 1)}
 
 
-@flow(name="faces-pipeline", log_prints=True)
+def _scheduled_name(run: FlowRun) -> str:
+    """A run the scheduler made: its deployment and the date it was planned for, in the schedule's zone."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(run.deployment_id)
+    zones = [getattr(s.schedule, "timezone", None) for s in deployment.schedules]
+    zone = next((z for z in zones if z), "UTC")
+    planned = run.expected_start_time or run.start_time or datetime.now(UTC)
+    return f"{deployment.name} {planned.astimezone(ZoneInfo(zone)).date().isoformat()}"
+
+
+def run_name() -> str:
+    """What a flow run is called: "nightly 2026-11-29" when the scheduler made it, else what it ran:
+    the stages in pipeline order ("preprocess,validate"), or the stage flow's name, and "(force)"."""
+    context = FlowRunContext.get()
+    run, parameters = context.flow_run, context.parameters
+    if run.auto_scheduled and run.deployment_id:
+        return _scheduled_name(run)
+    if "stages" in parameters:
+        what = ",".join(stage for stage in STAGES if stage in parameters["stages"])
+    else:
+        what = " ".join(filter(None, [context.flow.name, parameters.get("run")]))
+    return what + (" (force)" if parameters.get("force") else "")
+
+
+@flow(name="faces-pipeline", flow_run_name=run_name, log_prints=True)
 def faces_pipeline(
     data_dir: str = "data",
     stages: list[Stage] = list(STAGES),
@@ -114,58 +155,98 @@ def faces_pipeline(
     train: TrainConfig = TrainConfig(),
     export: ExportConfig = ExportConfig(),
 ) -> dict[str, dict]:
-    """Scrape -> preprocess -> validate -> train -> export; `stages` runs a subset (always in this
-    order), `force` redoes work whose inputs did not change."""
+    """Scrape -> preprocess -> validate -> train -> export, each stage only when chosen.
+
+    Args:
+        data_dir: The data root every stage reads and writes; created when missing.
+        stages: The stages to run, always in pipeline order: scrape, preprocess, validate, train, export.
+        force: Redo stages whose inputs did not change, instead of serving them from the cache.
+        scrape: The [scrape] table of faces.toml: seeds, politeness, limits.
+        preprocess: The [preprocess] table: face detection, alignment and crops.
+        validate: The [validate] table: quality checks and the dataset snapshot.
+        train: The [train] table: the networks and the training run.
+        export: The [export] table: samples, metrics and the model card.
+    """
     data_dir, chosen = _absolute(data_dir), _chosen(stages)
     results: dict[str, dict] = {}
     if "scrape" in chosen:
-        results["scrape"] = _summary(scrape_task(scrape, data_dir, force))
+        results["scrape"] = _summary(run_stage(scrape_task, scrape, data_dir, force))
     if "preprocess" in chosen:
         results["preprocess"] = _summary(run_preprocess(preprocess, data_dir, force))
     if "validate" in chosen:
-        results["validate"] = _summary(
-            cache_checked(validate_task, data_dir, force)(validate, data_dir, force)
-        )
+        results["validate"] = _summary(run_stage(validate_task, validate, data_dir, force))
     if "train" in chosen:
-        results["train"] = _summary(cache_checked(train_task, data_dir, force)(train, data_dir, force))
+        results["train"] = _summary(run_stage(train_task, train, data_dir, force))
     if "export" in chosen:
-        results["export"] = _summary(cache_checked(export_task, data_dir, force)(export, data_dir, force))
+        results["export"] = _summary(run_stage(export_task, export, data_dir, force))
     return results
 
 
-@flow(name="scrape")
+@flow(name="scrape", flow_run_name=run_name)
 def scrape_flow(data_dir: str = "data", force: bool = False, scrape: ScrapeConfig = ScrapeConfig()) -> dict:
-    return _summary(scrape_task(scrape, _absolute(data_dir), force))
+    """Only the scrape stage.
+
+    Args:
+        data_dir: The data root: photos go to raw/ there; created when missing.
+        force: Passed to the crawler (scrape is never served from the cache).
+        scrape: The [scrape] table of faces.toml: seeds, politeness, limits.
+    """
+    return _summary(run_stage(scrape_task, scrape, _absolute(data_dir), force))
 
 
-@flow(name="preprocess")
+@flow(name="preprocess", flow_run_name=run_name)
 def preprocess_flow(
     data_dir: str = "data", force: bool = False, preprocess: PreprocessConfig = PreprocessConfig()
 ) -> dict:
+    """Only the preprocess stage.
+
+    Args:
+        data_dir: The data root: reads raw/, writes faces/.
+        force: Crop every photo again, instead of serving unchanged inputs from the cache.
+        preprocess: The [preprocess] table of faces.toml: face detection, alignment and crops.
+    """
     return _summary(run_preprocess(preprocess, _absolute(data_dir), force))
 
 
-@flow(name="validate")
+@flow(name="validate", flow_run_name=run_name)
 def validate_flow(
     data_dir: str = "data", force: bool = False, validate: ValidateConfig = ValidateConfig()
 ) -> dict:
-    data_dir = _absolute(data_dir)
-    return _summary(cache_checked(validate_task, data_dir, force)(validate, data_dir, force))
+    """Only the validate stage.
+
+    Args:
+        data_dir: The data root: reads faces/, writes datasets/.
+        force: Check every crop again, instead of serving unchanged inputs from the cache.
+        validate: The [validate] table of faces.toml: quality checks and the dataset snapshot.
+    """
+    return _summary(run_stage(validate_task, validate, _absolute(data_dir), force))
 
 
-@flow(name="train")
+@flow(name="train", flow_run_name=run_name)
 def train_flow(data_dir: str = "data", force: bool = False, train: TrainConfig = TrainConfig()) -> dict:
-    data_dir = _absolute(data_dir)
-    return _summary(cache_checked(train_task, data_dir, force)(train, data_dir, force))
+    """Only the train stage.
+
+    Args:
+        data_dir: The data root: reads datasets/latest, writes runs/.
+        force: Train again, instead of serving an unchanged dataset and config from the cache.
+        train: The [train] table of faces.toml: the networks and the training run.
+    """
+    return _summary(run_stage(train_task, train, _absolute(data_dir), force))
 
 
-@flow(name="export")
+@flow(name="export", flow_run_name=run_name)
 def export_flow(
     data_dir: str = "data", force: bool = False, export: ExportConfig = ExportConfig(), run: str | None = None
 ) -> dict:
-    """Export a training run (default: the latest) into exports/<run>/."""
-    data_dir = _absolute(data_dir)
-    return _summary(cache_checked(export_task, data_dir, force, run)(export, data_dir, force, run=run))
+    """Export a training run (default: the latest) into exports/<run>/.
+
+    Args:
+        data_dir: The data root: reads runs/, writes exports/.
+        force: Export again, instead of serving an unchanged checkpoint and config from the cache.
+        export: The [export] table of faces.toml: samples, metrics and the model card.
+        run: The training run to export, a folder name under runs/ (default: runs/latest).
+    """
+    return _summary(run_stage(export_task, export, _absolute(data_dir), force, run=run))
 
 
 STAGE_FLOWS = {

@@ -29,6 +29,8 @@ class PrefectServer:
             "PREFECT_UI_ENABLED": "false",
             # The scheduler normally looks every 60 s; the test wants upcoming runs sooner.
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+            # `faces serve` looks for due runs every 10 s; sooner here, so tests wait less.
+            "PREFECT_RUNNER_POLL_FREQUENCY": "2",
             "PREFECT_LOGGING_LEVEL": "INFO",
         }
         self.log = open(home / "server.log", "w")  # noqa: SIM115 - closed in stop()

@@ -5,7 +5,11 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -63,7 +67,40 @@ def run_cli(server: PrefectServer, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def assert_nightly_scheduled(server: PrefectServer, data_dir: Path) -> None:
+STAGE_DEPLOYMENTS = [(s, "manual") for s in ("scrape", "preprocess", "validate", "train", "export")]
+DEPLOYMENTS = [("faces-pipeline", "nightly"), ("faces-pipeline", "manual"), *STAGE_DEPLOYMENTS]
+
+
+@dataclass
+class Served:
+    server: PrefectServer
+    config: Path
+    data_dir: Path
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def served(server, tmp_path_factory):
+    """`faces serve` on a tiny faces.toml, with the demo gallery up for as long as it serves."""
+    folder = tmp_path_factory.mktemp("served")
+    data_dir, config, log = folder / "data", folder / "faces.toml", folder / "serve.log"
+    with DemoGallery(n_faces=24, seed=3, crawl_delay=0.0) as gallery:
+        config.write_text(tiny_config(data_dir, gallery.seed_url))
+        serving = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", "--config", str(config)],
+            env=server.env,
+            stdout=open(log, "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            server.wait_for_deployments(DEPLOYMENTS)
+            yield Served(server, config, data_dir, log)
+        finally:
+            serving.terminate()
+            serving.wait(30)
+
+
+def assert_nightly_scheduled(server: PrefectServer, data_dir: Path) -> list[dict]:
     """The nightly deployment carries its cron schedule, and the scheduler has created upcoming runs."""
     nightly = server.deployment("faces-pipeline", "nightly")
     schedule = nightly["schedules"][0]["schedule"]
@@ -73,57 +110,28 @@ def assert_nightly_scheduled(server: PrefectServer, data_dir: Path) -> None:
         time.sleep(1)
     assert upcoming, "the scheduler created no runs for the nightly deployment"
     assert all(Path(r["parameters"]["data_dir"]) == data_dir for r in upcoming)
+    return upcoming
 
 
-def test_serve_run_and_schedule(server, tmp_path):
-    data_dir = tmp_path / "data"
-    with DemoGallery(n_faces=24, seed=3, crawl_delay=0.0) as gallery:
-        config = tmp_path / "faces.toml"
-        config.write_text(tiny_config(data_dir, gallery.seed_url))
-        serving = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--config", str(config)],
-            env=server.env,
-            stdout=open(tmp_path / "serve.log", "w"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            stage_deployments = [
-                (s, "manual") for s in ("scrape", "preprocess", "validate", "train", "export")
-            ]
-            server.wait_for_deployments(
-                [("faces-pipeline", "nightly"), ("faces-pipeline", "manual"), *stage_deployments]
-            )
+def test_the_server_rejects_a_bad_parameter_override(served):
+    rejected = run_cli(served.server, "deployment", "run", "train/manual", "--param", 'train={"steps": 0}')
+    assert rejected.returncode == 1
+    assert "train.steps" in rejected.stdout and "minimum of 1" in rejected.stdout
 
-            # The server validates --param overrides against the flow's pydantic parameters.
-            rejected = run_cli(server, "deployment", "run", "train/manual", "--param", 'train={"steps": 0}')
-            assert rejected.returncode == 1
-            assert "train.steps" in rejected.stdout and "minimum of 1" in rejected.stdout
 
-            override = {
-                "ngf": 8,
-                "ndf": 8,
-                "batch_size": 8,
-                "steps": 6,
-                "checkpoint_every": 3,
-                "sample_every": 3,
-            }
-            started = run_cli(
-                server,
-                "deployment",
-                "run",
-                "faces-pipeline/manual",
-                "--param",
-                f"train={json.dumps(override)}",
-            )
-            assert started.returncode == 0, started.stdout + started.stderr
-            flow_run_id = UUID.search(started.stdout).group(0)
-            run = server.wait_for_flow_run(flow_run_id, timeout=400)
-            assert run["state"]["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
-            # While served (stopping `faces serve` pauses the schedule), the scheduler plans nightly runs.
-            assert_nightly_scheduled(server, data_dir)
-        finally:
-            serving.terminate()
-            serving.wait(30)
+def test_serve_run_and_schedule(served):
+    server, data_dir = served.server, served.data_dir
+    override = {"ngf": 8, "ndf": 8, "batch_size": 8, "steps": 6, "checkpoint_every": 3, "sample_every": 3}
+    started = run_cli(
+        server, "deployment", "run", "faces-pipeline/manual", "--param", f"train={json.dumps(override)}"
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    flow_run_id = UUID.search(started.stdout).group(0)
+    run = server.wait_for_flow_run(flow_run_id, timeout=400)
+    assert run["state"]["type"] == "COMPLETED", served.log.read_text()[-4000:]
+    assert run["name"] == "scrape,preprocess,validate,train,export"  # says what ran
+    # While served (stopping `faces serve` pauses the schedule), the scheduler plans nightly runs.
+    assert_nightly_scheduled(server, data_dir)
 
     # Outputs on disk, and the override (6 steps, not faces.toml's 4) reached the training run.
     assert any((data_dir / "raw").glob("*/*.*"))
@@ -133,6 +141,40 @@ def test_serve_run_and_schedule(server, tmp_path):
     run_dir = (data_dir / "runs" / "latest").resolve()
     assert json.loads((run_dir / "run.json").read_text())["config"]["steps"] == 6
     assert (data_dir / "exports" / run_dir.name / "grid.png").is_file()
+
+
+def test_a_scheduled_run_is_named_after_its_deployment_and_night(served):
+    """The scheduler's next nightly run, moved to now: `faces serve` runs it as "nightly <date>"."""
+    server = served.server
+    upcoming = min(assert_nightly_scheduled(server, served.data_dir), key=lambda r: r["expected_start_time"])
+    now = datetime.now(UTC).isoformat()
+    server.post(
+        f"/flow_runs/{upcoming['id']}/set_state",
+        {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": now}}, "force": True},
+    )
+    run = server.wait_for_flow_run(upcoming["id"], timeout=400)
+    assert run["state"]["type"] == "COMPLETED", served.log.read_text()[-4000:]
+    night = datetime.fromisoformat(upcoming["expected_start_time"]).astimezone(ZoneInfo("Europe/Berlin"))
+    assert run["name"] == f"nightly {night.date().isoformat()}"
+
+
+def test_deployment_parameters_hold_only_what_faces_toml_sets(served):
+    """Defaults stay out, so the Parameters tab and `prefect deployment inspect` show faces.toml."""
+    toml = tomllib.loads(served.config.read_text())
+    tables = {stage: toml[stage] for stage in ("scrape", "preprocess", "validate", "train", "export")}
+    pipeline = served.server.deployment("faces-pipeline", "manual")["parameters"]
+    assert pipeline == {"data_dir": str(served.data_dir), **tables}
+    for stage, table in tables.items():
+        params = served.server.deployment(stage, "manual")["parameters"]
+        assert params == {"data_dir": str(served.data_dir), stage: table}
+
+
+def test_flow_parameters_are_described(served):
+    for flow, name in DEPLOYMENTS:
+        schema = served.server.deployment(flow, name)["parameter_openapi_schema"]["properties"]
+        described = ["data_dir", "force", "stages"] if flow == "faces-pipeline" else ["data_dir", "force"]
+        for parameter in described:
+            assert schema[parameter].get("description"), (flow, name, parameter)
 
 
 def test_prefect_yaml_deploys_to_a_process_pool(server):
@@ -151,5 +193,6 @@ def test_prefect_yaml_deploys_to_a_process_pool(server):
     for flow in ("faces-pipeline", "scrape", "preprocess", "validate", "train", "export"):
         deployment = server.deployment(flow, "manual")
         assert deployment and deployment["work_pool_name"] == "faces", flow
+        assert deployment["parameter_openapi_schema"]["properties"]["data_dir"].get("description"), flow
     nightly = server.deployment("faces-pipeline", "nightly")
     assert nightly["work_pool_name"] == "faces" and nightly["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
