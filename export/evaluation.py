@@ -1,8 +1,10 @@
 """The export's quality figures (metrics.json): generated samples measured against the run's real crops.
 
-SWD beside the real-vs-real noise floor, MS-SSIM diversity beside the real figure, memorisation
-(with memorisation.png) and, when configured, FID/KID. `metrics_rows` turns them into the table the
-model card and the flows show.
+SWD beside the real-vs-real noise floor, the per-image brightness and contrast SWD cannot see (beside
+the same floor), MS-SSIM diversity beside the real figure, memorisation (with memorisation.png) and,
+when configured, FID/KID. Every real reference is a random sample of the dataset: its first rows are
+its earliest-collected images, often of one source, and would make the real figures unrepresentative.
+`metrics_rows` turns them into the table the model card and the flows show.
 """
 
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from export.config import ExportConfig
 from models.config import TrainConfig
 from models.data import fit_images
 from models.fid_kid import fid_kid
+from models.image_stats import statistics_distance
 from models.memorisation import memorisation
 from models.metrics import sliced_wasserstein, split_halves, swd_noise_floor
 from models.ms_ssim import ms_ssim_diversity
@@ -70,19 +73,24 @@ def evaluate(
         raise BadInputError(f"the dataset has {len(real)} image(s); SWD needs at least 4 (two halves of 2)")
     real_rows = np.sort(rng.choice(len(real), 2 * n, replace=False))
     real_sample = real[real_rows]
-    reference, _ = split_halves(real_sample, config.seed)
+    reference, other_half = split_halves(real_sample, config.seed)
     fake = inference.generate(generator, inference.latents(n, nz, config.seed + 4), device)
     progress("SWD against the noise floor")
     sort_on = device if device.type == "cuda" else None  # numpy sorts faster on the CPU
     result: dict[str, Any] = {
         "swd": sliced_wasserstein(reference, fake, seed=config.seed, device=sort_on),
         "swd_noise_floor": swd_noise_floor(real_sample, seed=config.seed, device=sort_on),
+        "image_statistics": {  # what SWD cannot see, beside the same two real halves' figure
+            "generated": statistics_distance(reference, fake),
+            "real": statistics_distance(reference, other_half),
+        },
     }
     progress("MS-SSIM diversity")
     k = min(config.diversity_samples, len(real), n)
+    real_rows = rng.permutation(len(real_sample))[:k]  # random rows, not the earliest collected
     result["ms_ssim_diversity"] = {
         "generated": ms_ssim_diversity(fake[:k], seed=config.seed),
-        "real": ms_ssim_diversity(real_sample[:k], seed=config.seed),
+        "real": ms_ssim_diversity(real_sample[np.sort(real_rows)], seed=config.seed),
     }
     progress("nearest training crops")
     shown = fake[: config.memorisation_samples]
@@ -110,6 +118,15 @@ def metrics_rows(result: dict) -> list[dict]:
             "real": round(floor["mean"], 2),
         }
     )
+    stats = result.get("image_statistics")  # absent from exports made before it was measured
+    for name in ("brightness", "contrast") if stats else ():
+        rows.append(
+            {
+                "metric": f"image {name} distance, grey levels (what SWD cannot see)",
+                "generated": round(stats["generated"][name], 2),
+                "real": round(stats["real"][name], 2),
+            }
+        )
     div = result["ms_ssim_diversity"]
     rows.append(
         {

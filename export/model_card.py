@@ -56,32 +56,44 @@ def read_index(dataset_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _summary(run_info: dict, ckpt: dict, exported: dict) -> list[str]:
+def _summary(run_info: dict, ckpt: dict, exported: dict, dataset: dict) -> list[str]:
     """The title, the sample grid and one sentence: which model, which data, which checkpoint."""
     train_config = ckpt["config"]
+    shows = f"images of {dataset['holds']}" if _ready_made(dataset) else "face images"
     return [
         f"# Model card: `{run_info.get('run', exported['run'])}`",
         "",
         "![samples](grid.png)",
         "",
         f"A {MODEL_NAMES.get(train_config['model'], train_config['model'])} that generates "
-        f"{train_config['image_size']}x{train_config['image_size']} face images, "
+        f"{train_config['image_size']}x{train_config['image_size']} {shows}, "
         f"trained on dataset `{ckpt['dataset_id']}`. "
         f"Exported {exported['created']} from `{exported['checkpoint']}` (step {ckpt['step']}).",
     ]
 
 
-def _training(run_info: dict, ckpt: dict, n_images: int) -> list[str]:
-    """Dataset size, steps, time, device, dates, warm start and the full [train] config."""
+def _training(run_info: dict, ckpt: dict, n_images: int, sources: int) -> list[str]:
+    """Dataset size, steps, time, device, dates, warm start and the full [train] config.
+
+    Steps and time are the run's (run.json: a resumed run's whole count), beside the exported
+    checkpoint's step (best.pt may be older); the config is the one the run last trained with.
+    """
     ckpt_metrics = ckpt.get("metrics") or {}
-    seconds = ckpt_metrics.get("train_seconds", run_info.get("train_seconds"))
+    seconds = run_info.get("train_seconds", ckpt_metrics.get("train_seconds"))
+    config = run_info.get("config") or ckpt["config"]
+    side, channels = config["image_size"], "RGB" if config["channels"] == 3 else "grayscale"
+    held = f"{n_images} images, trained at {side}x{side} px {channels}"
+    held += f", from {sources} distinct source images" if sources else ""
     return [
         "## Training",
         "",
         "| | |",
         "|---|---|",
-        f"| dataset | `{ckpt['dataset_id']}` ({n_images} images) |",
-        f"| steps | {ckpt['step']} ({ckpt_metrics.get('images_seen', 'n/a')} images seen) |",
+        f"| dataset | `{ckpt['dataset_id']}` ({held}) |",
+        f"| steps trained | {run_info.get('step', ckpt['step'])} "
+        f"({run_info.get('images_seen', ckpt_metrics.get('images_seen', 'n/a'))} images seen) |",
+        f"| exported checkpoint | step {ckpt['step']} "
+        f"({ckpt_metrics.get('images_seen', 'n/a')} images seen) |",
         f"| training time | {_fmt(seconds / 3600 if seconds else None)} h ({_fmt(seconds)} s) |",
         f"| device | {run_info.get('device', 'unknown')}, {run_info.get('precision', '')}, "
         f"{run_info.get('world_size', 1)} process(es) |",
@@ -91,7 +103,7 @@ def _training(run_info: dict, ckpt: dict, n_images: int) -> list[str]:
         "<details><summary>Config (<code>[train]</code>)</summary>",
         "",
         "```json",
-        json.dumps(ckpt["config"], indent=2, sort_keys=True),
+        json.dumps(config, indent=2, sort_keys=True),
         "```",
         "",
         "</details>",
@@ -127,7 +139,12 @@ def _quality(result: dict) -> list[str]:
 
 def _data_sources(dataset_dir: Path, index: list[dict]) -> list[str]:
     """Images per source host and per licence, and where the per-image provenance is."""
-    hosts = Counter(urlsplit(r.get("source_url") or "").hostname or "(local)" for r in index)
+    hosts = Counter(
+        urlsplit(r.get("source_url") or "").hostname
+        or urlsplit(r.get("page_url") or "").hostname
+        or "(local)"
+        for r in index
+    )
     licences = Counter(r.get("licence") or "(unknown)" for r in index)
     lines = ["## Data sources", "", "| host | images |", "|---|---:|"]
     lines += [f"| {h} | {n} |" for h, n in hosts.most_common()] or ["| (no index.csv) | |"]
@@ -136,6 +153,29 @@ def _data_sources(dataset_dir: Path, index: list[dict]) -> list[str]:
     return lines + [
         "",
         f"Per-image provenance (source URL, page, licence, fetch time): `{dataset_dir / 'index.csv'}`.",
+    ]
+
+
+def _ready_made(dataset: dict) -> bool:
+    """A ready-made set (`faces dataset`), not crawled faces: its report.json says what it holds."""
+    return dataset.get("kind") == "ready-made"
+
+
+def _ready_made_sections(dataset: dict, image_size: int) -> list[str]:
+    """Intended use and limitations for a ready-made set: it is not of faces, and not crawled."""
+    return [
+        "## Intended use",
+        "",
+        "Research, teaching and demonstrations of generative models: sample grids, interpolations, "
+        "benchmarks of training speed and quality. Not for any decision about a person.",
+        "",
+        "## Limitations",
+        "",
+        f"- The data is the ready-made set `{dataset['name']}` ({dataset['holds']}, read from "
+        f"`{dataset['source']}`); samples inherit its gaps and biases.",
+        f"- At {image_size} px, fine detail is coarse; artefacts are common.",
+        "- Metrics without a pretrained network (SWD, MS-SSIM) measure statistics of patches, not realism "
+        "as a person judges it.",
     ]
 
 
@@ -166,15 +206,22 @@ def model_card(
     index: list[dict],
     result: dict,
     exported: dict,
+    dataset: dict | None = None,
 ) -> str:
-    """The card's markdown: `exported` is export.json's content, `result` metrics.json's."""
+    """The card's markdown: `exported` is export.json's content, `result` metrics.json's, `dataset` the
+    snapshot's report.json (which says what a ready-made set holds)."""
+    dataset, size = dataset or {}, ckpt["config"]["image_size"]
+    use = (
+        _ready_made_sections(dataset, size)
+        if _ready_made(dataset)
+        else INTENDED_USE + [""] + _limitations(size)
+    )
     sections = [
-        _summary(run_info, ckpt, exported),
-        _training(run_info, ckpt, n_images),
+        _summary(run_info, ckpt, exported, dataset),
+        _training(run_info, ckpt, n_images, len({r.get("sha256") for r in index if r.get("sha256")})),
         _quality(result),
         _data_sources(dataset_dir, index),
-        INTENDED_USE,
-        _limitations(ckpt["config"]["image_size"]),
+        use,
         TAKEDOWN,
     ]
     lines = sections[0]
@@ -186,8 +233,11 @@ def model_card(
 def write_model_card(
     out: Path, run_dir: Path, ckpt: dict, dataset_dir: Path, n_images: int, result: dict, info: dict
 ) -> None:
-    """MODEL_CARD.md in `out`, from the run's run.json and the dataset's index.csv."""
-    card = model_card(
-        read_json(run_dir / "run.json"), ckpt, dataset_dir, n_images, read_index(dataset_dir), result, info
+    """MODEL_CARD.md in `out`, from the run's run.json and the dataset's index.csv and report.json."""
+    run_info, index, dataset = (
+        read_json(run_dir / "run.json"),
+        read_index(dataset_dir),
+        read_json(dataset_dir / "report.json"),
     )
+    card = model_card(run_info, ckpt, dataset_dir, n_images, index, result, info, dataset)
     atomic_write_text(out / "MODEL_CARD.md", card)

@@ -1,4 +1,5 @@
-"""The `faces` command: run the pipeline or one stage now, serve deployments, run the offline demo.
+"""The `faces` command: run the pipeline or one stage now, import your own images, serve deployments, run
+the offline demo.
 
 Every command takes --config (faces.toml) and --data-dir; on failure it prints one line and exits 1.
 The config is read and checked before Prefect or torch is imported (seconds of start-up), so a
@@ -45,7 +46,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     local_server.start_if_needed()
     from flows.pipeline import faces_pipeline
 
-    results = faces_pipeline(data_dir=cfg.data_dir, stages=stages, force=args.force, **cfg.stage_configs())
+    results = faces_pipeline(
+        data_dir=cfg.data_dir, stages=stages, force=args.force, **cfg.stage_configs(), **cfg.run_options()
+    )
     _print_results(results)
 
 
@@ -57,8 +60,9 @@ def cmd_stage(args: argparse.Namespace) -> None:
     from flows.pipeline import STAGE_FLOWS
 
     kwargs = {"run": args.run} if args.stage == "export" else {}
+    stage_config = {args.stage: cfg.stage_configs()[args.stage]}
     result = STAGE_FLOWS[args.stage](
-        data_dir=cfg.data_dir, force=args.force, **{args.stage: cfg.stage_configs()[args.stage]}, **kwargs
+        data_dir=cfg.data_dir, force=args.force, **stage_config, **cfg.run_options(), **kwargs
     )
     _print_results({args.stage: result})
 
@@ -81,11 +85,31 @@ def cmd_quarantine(args: argparse.Namespace) -> None:
 
 def cmd_forget(args: argparse.Namespace) -> None:
     from common.layout import DataRoot
+    from scraper.importer import takedown_key
     from validate.takedown import forget
 
     cfg = _load(args)
-    report = forget(args.key, DataRoot(cfg.data_dir), cfg.validate_)
+    root = DataRoot(cfg.data_dir)
+    report = forget(takedown_key(args.key, root), root, cfg.validate_)
     print(report.markdown())
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from common.layout import DataRoot
+    from scraper.importer import import_photos
+
+    cfg = _load(args)
+    options = {key: getattr(args, key) for key in ("paths", "licence", "source_url", "force")}
+    print(import_photos(cfg.scrape, DataRoot(cfg.data_dir), **options).markdown())
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from common.layout import DataRoot
+    from validate.ready_made import build_dataset
+
+    cfg = _load(args)
+    options = {key: getattr(args, key) for key in ("name", "size", "channels", "licence", "flip")}
+    print(build_dataset(args.path, DataRoot(cfg.data_dir), cfg.validate_, **options).markdown())
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -101,6 +125,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from flows.deployments import serve_all
 
     serve_all(cfg)
+
+
+def cmd_deploy(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    from flows.deployments import deploy_all
+
+    for name in deploy_all(cfg, args.pool):
+        print(f"deployed {name} on work pool {args.pool}")
+    print(f"run them with `prefect worker start --pool {args.pool}` (one or more, on any machine)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -140,6 +173,35 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data root (default: data_dir in the config, else ./data)")
 
 
+def _own_images(sub) -> None:
+    """`faces import` (local photos into the raw store) and `faces dataset` (a ready-made set)."""
+    p = sub.add_parser("import", help="import local photos, folders or zip archives into the raw store")
+    _common(p)
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="photo files, folders (searched recursively), zips"
+    )
+    p.add_argument("--licence", help="licence recorded for each photo (default: [scrape] licence)")
+    p.add_argument("--source-url", help="the page the photos come from, recorded as their page_url")
+    p.add_argument("--force", action="store_true", help="read every file again, even unchanged ones")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser(
+        "dataset", help="turn a ready-made image set (folder, MNIST, CIFAR, .npy) into a snapshot"
+    )
+    _common(p)
+    p.add_argument("path", help="a folder of images, MNIST idx files, mnist.npz, CIFAR-10 batches, .npy/.npz")
+    p.add_argument("--name", required=True, help="the dataset's name, shown on its card")
+    p.add_argument("--size", type=int, choices=(32, 64, 128), help="resize every image to SIZExSIZE")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (RGB); default: the set's own")
+    p.add_argument("--licence", help="licence recorded for each image")
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="whether training may mirror the images (default: off for digits, on otherwise)",
+    )
+    p.set_defaults(func=cmd_dataset)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faces", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         if stage == "export":
             p.add_argument("--run", help="the training run to export (default: the latest)")
 
-    p = sub.add_parser("forget", help="take an image down: by image URL, page URL or sha256")
+    p = sub.add_parser("forget", help="take an image down: by image URL, page URL, sha256 or imported path")
     _common(p)
     p.add_argument("key")
     p.set_defaults(func=cmd_forget)
+
+    _own_images(sub)
 
     p = sub.add_parser("sample", help="generate images from an exported generator")
     p.add_argument("--model", required=True, help="generator.pt or generator.torchscript.pt from an export")
@@ -178,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the deployments (nightly, manual, one per stage)")
     _common(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("deploy", help="register the same deployments on a process work pool, for workers")
+    _common(p)
+    p.add_argument(
+        "--pool", required=True, help="the work pool (prefect work-pool create NAME --type process)"
+    )
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("demo", help="the whole pipeline offline, on a local demo gallery")
     p.add_argument("--data-dir", help="where the demo writes (default: ./demo-data)")

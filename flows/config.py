@@ -46,9 +46,48 @@ class ScheduleConfig(StrictModel):
         return value
 
 
+class TimeoutsConfig(StrictModel):
+    """Seconds each stage may run before it fails as timed out (not retried); 0 = no limit.
+
+    Table `[timeouts]`. Kept apart from the stage tables so that setting one does not change a stage
+    config's hash, and with it every cached result."""
+
+    scrape: float = Field(0, ge=0, description="Seconds the scrape stage may run; 0 = no limit.")
+    preprocess: float = Field(0, ge=0, description="Seconds the preprocess stage may run; 0 = no limit.")
+    validate_: float = Field(
+        0, ge=0, alias="validate", description="Seconds the validate stage may run; 0 = no limit."
+    )
+    train: float = Field(0, ge=0, description="Seconds the train stage may run; 0 = no limit.")
+    export: float = Field(0, ge=0, description="Seconds the export stage may run; 0 = no limit.")
+
+    model_config = StrictModel.model_config | {"populate_by_name": True}
+
+    def seconds(self, stage: Stage) -> float | None:
+        """The stage's limit for Prefect's `timeout_seconds`: None when it has none."""
+        return getattr(self, "validate_" if stage == "validate" else stage) or None
+
+
+class NotifyConfig(StrictModel):
+    """Who hears of a failed or crashed run. Table `[notify]`."""
+
+    webhook: str | None = Field(
+        None, description="URL that gets a JSON POST when a run fails or crashes (Slack-style `text`)."
+    )
+    timeout_seconds: float = Field(10.0, gt=0, le=120, description="How long one POST may take (s).")
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://hooks.example.org/faces")
+        return value
+
+
 class PipelineConfig(StrictModel):
     data_dir: str = Field("data", description="The data root every stage reads and writes.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
@@ -74,6 +113,10 @@ class PipelineConfig(StrictModel):
         """Each stage's settings, keyed by stage name: the flows' parameters of the same names."""
         return {stage: getattr(self, "validate_" if stage == "validate" else stage) for stage in STAGES}
 
+    def run_options(self) -> dict[str, StrictModel]:
+        """How every flow runs, whatever its stages: the `timeouts` and `notify` parameters."""
+        return {"timeouts": self.timeouts, "notify": self.notify}
+
 
 def parse_config(data: dict, source: str = "config") -> PipelineConfig:
     return parse_model(PipelineConfig, data, source)
@@ -93,6 +136,8 @@ def _toml_value(value) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. [scrape] resolve
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

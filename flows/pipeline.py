@@ -16,15 +16,18 @@ from prefect import Task, flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
+from prefect.task_engine import TaskRunTimeoutError
 
 from common.layout import DataRoot
 from common.report import StageReport
 from export import stage as export_stage
 from export.config import ExportConfig
 from flows.artifacts import announce_cached, run_published
-from flows.config import STAGES, Stage
+from flows.config import STAGES, NotifyConfig, Stage, TimeoutsConfig
 from flows.dask import run_on_dask
-from flows.policies import RETRIES, content_cache_key
+from flows.notify import notify_failure
+from flows.policies import RETRIES, content_cache_key, is_transient
+from flows.root_lock import data_root_lock
 from models import train as train_stage
 from models.config import TrainConfig
 from preprocess import pipeline as preprocess_stage
@@ -77,16 +80,37 @@ def export_task(
     return run_published(export_stage.export, "export", config, data_dir, force, run=run)
 
 
-def cache_checked(stage_task: Task, data_dir: str, force: bool, run: str | None = None) -> Task:
-    """The task, told to refresh its cache when forced or when its stage's main output is gone:
-    a cached result must never stand in for files that were deleted since."""
+def transient_in_time(task, task_run, state) -> bool:
+    """The retry condition: transient errors are retried, but not a stage that ran out of its
+    [timeouts] time, which would only run out again (a network timeout inside a stage is retried)."""
+    try:
+        state.result()
+    except TaskRunTimeoutError:
+        return False
+    except Exception:
+        pass
+    return is_transient(task, task_run, state)
+
+
+def cache_checked(
+    stage_task: Task, data_dir: str, force: bool, run: str | None = None, timeout: float | None = None
+) -> Task:
+    """The task with its [timeouts] limit, told to refresh its cache when forced or when its stage's
+    main output is gone: a cached result must never stand in for files that were deleted since."""
     output = DataRoot(data_dir).main_output(stage_task.name, run)
-    return stage_task.with_options(refresh_cache=force or not output.exists())
+    return stage_task.with_options(
+        refresh_cache=force or not output.exists(),
+        timeout_seconds=timeout,
+        retry_condition_fn=transient_in_time,
+    )
 
 
-def run_stage(stage_task: Task, config, data_dir: str, force: bool, **kwargs) -> StageReport:
+def run_stage(
+    stage_task: Task, config, data_dir: str, force: bool, timeouts: TimeoutsConfig, **kwargs
+) -> StageReport:
     """Call a stage's task; when it was served from the cache, say so (a cached task publishes nothing)."""
-    state = cache_checked(stage_task, data_dir, force, kwargs.get("run"))(
+    timeout = timeouts.seconds(stage_task.name)
+    state = cache_checked(stage_task, data_dir, force, kwargs.get("run"), timeout)(
         config, data_dir, force, **kwargs, return_state=True
     )
     report = state.result()  # raises the task's error when it failed
@@ -95,11 +119,13 @@ def run_stage(stage_task: Task, config, data_dir: str, force: bool, **kwargs) ->
     return report
 
 
-def run_preprocess(config: PreprocessConfig, data_dir: str, force: bool) -> StageReport:
+def run_preprocess(
+    config: PreprocessConfig, data_dir: str, force: bool, timeouts: TimeoutsConfig
+) -> StageReport:
     """The preprocess task, or with `dask_address` set its subflow: one task per batch on Dask."""
     if config.dask_address:
         return run_on_dask(config, data_dir, force)
-    return run_stage(preprocess_task, config, data_dir, force)
+    return run_stage(preprocess_task, config, data_dir, force, timeouts)
 
 
 # --- flows ------------------------------------------------------------------------------------------
@@ -144,7 +170,22 @@ def run_name() -> str:
     return what + (" (force)" if parameters.get("force") else "")
 
 
-@flow(name="faces-pipeline", flow_run_name=run_name, log_prints=True)
+# Every flow tells of its failure or crash (flows/notify.py); the stages' own tasks do not, so one
+# failed run is one message.
+ALERTS = dict(on_failure=[notify_failure], on_crashed=[notify_failure])
+RUN_OPTIONS_DOC = """
+        timeouts: The [timeouts] table of faces.toml: seconds each stage may run (0: no limit).
+        notify: The [notify] table: the webhook told when this run fails or crashes."""
+
+
+def _with_run_options_doc(fn):
+    """Append the Args lines of `timeouts` and `notify`, which every flow takes, to its docstring."""
+    fn.__doc__ = fn.__doc__.rstrip() + RUN_OPTIONS_DOC + "\n    "
+    return fn
+
+
+@flow(name="faces-pipeline", flow_run_name=run_name, log_prints=True, **ALERTS)
+@_with_run_options_doc
 def faces_pipeline(
     data_dir: str = "data",
     stages: list[Stage] = list(STAGES),
@@ -154,6 +195,8 @@ def faces_pipeline(
     validate: ValidateConfig = ValidateConfig(),
     train: TrainConfig = TrainConfig(),
     export: ExportConfig = ExportConfig(),
+    timeouts: TimeoutsConfig = TimeoutsConfig(),
+    notify: NotifyConfig = NotifyConfig(),
 ) -> dict[str, dict]:
     """Scrape -> preprocess -> validate -> train -> export, each stage only when chosen.
 
@@ -169,21 +212,40 @@ def faces_pipeline(
     """
     data_dir, chosen = _absolute(data_dir), _chosen(stages)
     results: dict[str, dict] = {}
-    if "scrape" in chosen:
-        results["scrape"] = _summary(run_stage(scrape_task, scrape, data_dir, force))
-    if "preprocess" in chosen:
-        results["preprocess"] = _summary(run_preprocess(preprocess, data_dir, force))
-    if "validate" in chosen:
-        results["validate"] = _summary(run_stage(validate_task, validate, data_dir, force))
-    if "train" in chosen:
-        results["train"] = _summary(run_stage(train_task, train, data_dir, force))
-    if "export" in chosen:
-        results["export"] = _summary(run_stage(export_task, export, data_dir, force))
+    with data_root_lock(data_dir):
+        if "scrape" in chosen:
+            results["scrape"] = _summary(run_stage(scrape_task, scrape, data_dir, force, timeouts))
+        if "preprocess" in chosen:
+            results["preprocess"] = _summary(run_preprocess(preprocess, data_dir, force, timeouts))
+        if "validate" in chosen:
+            results["validate"] = _summary(run_stage(validate_task, validate, data_dir, force, timeouts))
+        if "train" in chosen:
+            results["train"] = _summary(run_stage(train_task, train, data_dir, force, timeouts))
+        if "export" in chosen:
+            results["export"] = _summary(run_stage(export_task, export, data_dir, force, timeouts))
     return results
 
 
-@flow(name="scrape", flow_run_name=run_name)
-def scrape_flow(data_dir: str = "data", force: bool = False, scrape: ScrapeConfig = ScrapeConfig()) -> dict:
+def _one_stage(
+    stage_task: Task, config, data_dir: str, force: bool, timeouts: TimeoutsConfig, **kwargs
+) -> dict:
+    """A stage flow's body: its task, holding the data root's lock."""
+    data_dir = _absolute(data_dir)
+    with data_root_lock(data_dir):
+        if stage_task is preprocess_task:
+            return _summary(run_preprocess(config, data_dir, force, timeouts))
+        return _summary(run_stage(stage_task, config, data_dir, force, timeouts, **kwargs))
+
+
+@flow(name="scrape", flow_run_name=run_name, **ALERTS)
+@_with_run_options_doc
+def scrape_flow(
+    data_dir: str = "data",
+    force: bool = False,
+    scrape: ScrapeConfig = ScrapeConfig(),
+    timeouts: TimeoutsConfig = TimeoutsConfig(),
+    notify: NotifyConfig = NotifyConfig(),
+) -> dict:
     """Only the scrape stage.
 
     Args:
@@ -191,12 +253,17 @@ def scrape_flow(data_dir: str = "data", force: bool = False, scrape: ScrapeConfi
         force: Passed to the crawler (scrape is never served from the cache).
         scrape: The [scrape] table of faces.toml: seeds, politeness, limits.
     """
-    return _summary(run_stage(scrape_task, scrape, _absolute(data_dir), force))
+    return _one_stage(scrape_task, scrape, data_dir, force, timeouts)
 
 
-@flow(name="preprocess", flow_run_name=run_name)
+@flow(name="preprocess", flow_run_name=run_name, **ALERTS)
+@_with_run_options_doc
 def preprocess_flow(
-    data_dir: str = "data", force: bool = False, preprocess: PreprocessConfig = PreprocessConfig()
+    data_dir: str = "data",
+    force: bool = False,
+    preprocess: PreprocessConfig = PreprocessConfig(),
+    timeouts: TimeoutsConfig = TimeoutsConfig(),
+    notify: NotifyConfig = NotifyConfig(),
 ) -> dict:
     """Only the preprocess stage.
 
@@ -205,12 +272,17 @@ def preprocess_flow(
         force: Crop every photo again, instead of serving unchanged inputs from the cache.
         preprocess: The [preprocess] table of faces.toml: face detection, alignment and crops.
     """
-    return _summary(run_preprocess(preprocess, _absolute(data_dir), force))
+    return _one_stage(preprocess_task, preprocess, data_dir, force, timeouts)
 
 
-@flow(name="validate", flow_run_name=run_name)
+@flow(name="validate", flow_run_name=run_name, **ALERTS)
+@_with_run_options_doc
 def validate_flow(
-    data_dir: str = "data", force: bool = False, validate: ValidateConfig = ValidateConfig()
+    data_dir: str = "data",
+    force: bool = False,
+    validate: ValidateConfig = ValidateConfig(),
+    timeouts: TimeoutsConfig = TimeoutsConfig(),
+    notify: NotifyConfig = NotifyConfig(),
 ) -> dict:
     """Only the validate stage.
 
@@ -219,11 +291,18 @@ def validate_flow(
         force: Check every crop again, instead of serving unchanged inputs from the cache.
         validate: The [validate] table of faces.toml: quality checks and the dataset snapshot.
     """
-    return _summary(run_stage(validate_task, validate, _absolute(data_dir), force))
+    return _one_stage(validate_task, validate, data_dir, force, timeouts)
 
 
-@flow(name="train", flow_run_name=run_name)
-def train_flow(data_dir: str = "data", force: bool = False, train: TrainConfig = TrainConfig()) -> dict:
+@flow(name="train", flow_run_name=run_name, **ALERTS)
+@_with_run_options_doc
+def train_flow(
+    data_dir: str = "data",
+    force: bool = False,
+    train: TrainConfig = TrainConfig(),
+    timeouts: TimeoutsConfig = TimeoutsConfig(),
+    notify: NotifyConfig = NotifyConfig(),
+) -> dict:
     """Only the train stage.
 
     Args:
@@ -231,12 +310,18 @@ def train_flow(data_dir: str = "data", force: bool = False, train: TrainConfig =
         force: Train again, instead of serving an unchanged dataset and config from the cache.
         train: The [train] table of faces.toml: the networks and the training run.
     """
-    return _summary(run_stage(train_task, train, _absolute(data_dir), force))
+    return _one_stage(train_task, train, data_dir, force, timeouts)
 
 
-@flow(name="export", flow_run_name=run_name)
+@flow(name="export", flow_run_name=run_name, **ALERTS)
+@_with_run_options_doc
 def export_flow(
-    data_dir: str = "data", force: bool = False, export: ExportConfig = ExportConfig(), run: str | None = None
+    data_dir: str = "data",
+    force: bool = False,
+    export: ExportConfig = ExportConfig(),
+    run: str | None = None,
+    timeouts: TimeoutsConfig = TimeoutsConfig(),
+    notify: NotifyConfig = NotifyConfig(),
 ) -> dict:
     """Export a training run (default: the latest) into exports/<run>/.
 
@@ -246,7 +331,7 @@ def export_flow(
         export: The [export] table of faces.toml: samples, metrics and the model card.
         run: The training run to export, a folder name under runs/ (default: runs/latest).
     """
-    return _summary(run_stage(export_task, export, _absolute(data_dir), force, run=run))
+    return _one_stage(export_task, export, data_dir, force, timeouts, run=run)
 
 
 STAGE_FLOWS = {

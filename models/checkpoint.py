@@ -138,3 +138,23 @@ def prune(directory: Path, keep: int) -> list[Path]:
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def restore_rng(
+    generator: torch.Generator, rng: dict[str, Any], dist: ddp.Dist, fresh_seed: int
+) -> str | None:
+    """Put back this process's random state from a checkpoint's `rng`; a note when it cannot.
+
+    On another device kind or process count the saved states do not fit: the stream is reseeded
+    with `fresh_seed` (still reproducible) and the note says that random numbers differ.
+    """
+    if rng["device_type"] == generator.device.type and rng["world_size"] == dist.world_size:
+        # RNG states are CPU byte tensors, whatever map_location moved them to.
+        generator.set_state(rng["generators"][dist.rank].cpu())
+        torch.set_rng_state(rng["torch"].cpu())
+        return None
+    generator.manual_seed(fresh_seed)
+    return (
+        f"resumed on {generator.device.type} x{dist.world_size} from a checkpoint made on "
+        f"{rng['device_type']} x{rng['world_size']}: random numbers differ from an uninterrupted run"
+    )

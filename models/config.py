@@ -1,8 +1,9 @@
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from common.config import StrictModel
+from models.augment import parse_policy
 
 
 class TrainConfig(StrictModel):
@@ -26,7 +27,27 @@ class TrainConfig(StrictModel):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     flip: bool = Field(True, description="Random horizontal flips of the real images.")
     seed: int = 0
+    augment: str = Field(
+        "color,translation,cutout",
+        description="DiffAugment policy: transforms applied to real and generated images before D "
+        "(comma-separated: color, translation, cutout); empty for none.",
+    )
+    augment_p: float = Field(1.0, ge=0, le=1, description="Probability of each transform per image.")
+    augment_target: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Adaptive augmentation (ADA): p starts at 0 and moves so that the mean sign of D's "
+        "outputs on real images stays near this target (0.6 in StyleGAN2-ADA); none: p is augment_p.",
+    )
+    augment_speed: int = Field(20_000, ge=1, description="Images over which adaptive p can move by 1.")
+    spectral_norm: bool = Field(False, description="Spectral norm on D's layers (instead of batch norm).")
     warm_start: bool = Field(True, description="Continue from the previous run when the dataset changed.")
+
+    @field_validator("augment")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        return ",".join(parse_policy(value))
 
     # How it runs: the CUDA speed-ups are used only on a CUDA device.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
@@ -54,16 +75,17 @@ class TrainConfig(StrictModel):
     sample_every: int = Field(500, ge=1, description="Steps between fixed-noise grids.")
     eval_every: int = Field(1000, ge=1, description="Steps between SWD evaluations (best.pt is the lowest).")
     eval_samples: int = Field(1024, ge=16, description="Images per SWD evaluation (capped at the dataset).")
-    watch_window: int = Field(10, ge=2, description="Logged rows that D must dominate before a warning.")
-    overpower_d_loss: float = Field(0.05, ge=0, description="D loss below this while G loss climbs: warning.")
+    watch_window: int = Field(10, ge=2, description="Logged rows whose median D loss is watched.")
+    overpower_d_loss: float = Field(0.05, ge=0, description="Median D loss below this: warning.")
     collapse_diversity: float = Field(
-        0.1,
+        0.15,
         ge=0,
         lt=1,
-        description="Fixed-noise samples less diverse than this fraction of real ones: warning.",
+        description="Fixed-noise samples nearer copies of each other than this fraction of real ones' "
+        "distance (models.watch.diversity): warning.",
     )
     collapse_warmup: int = Field(
-        1000,
+        500,
         ge=0,
         description="Steps before never-diverse samples count as collapsed (a fresh G's are alike).",
     )

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.files import read_json
 from common.report import BadInputError
+from models.config import TrainConfig
 
 _CHUNK = 4096  # images converted at a time, so a large dataset never needs a float copy in memory
 
@@ -39,6 +41,14 @@ def open_images(path: Path) -> np.ndarray:
     if images.shape[3] not in (1, 3) or images.shape[0] == 0:
         raise BadInputError(f"{path}: expected at least one image with 1 or 3 channels, got {images.shape}")
     return images
+
+
+def dataset_flip(config: TrainConfig, dataset_dir: Path) -> TrainConfig:
+    """The config with `flip` off when the snapshot's report.json says `flip: false` (digits: a
+    mirrored 7 is no 7), so the run records what it did; otherwise the config unchanged."""
+    if config.flip and read_json(dataset_dir / "report.json").get("flip", True) is False:
+        return config.model_copy(update={"flip": False})
+    return config
 
 
 def check_shards(images_path: Path, images: int, batch_size: int, world_size: int) -> None:

@@ -4,6 +4,8 @@ Generator: latent z -> transposed convolutions with batch norm and ReLU -> tanh 
 Discriminator: strided convolutions with LeakyReLU (batch norm after the first) -> one logit.
 The discriminator returns logits, not probabilities, so the losses stay safe under autocast.
 Image sizes 32, 64 and 128 add or remove one up/down-sampling block around the 4x4 core.
+With `spectral_norm` (SN-GAN, Miyato et al. 2018) D's layers are spectrally normalised and D has no
+batch norm: its Lipschitz bound then holds whatever batch it sees.
 """
 
 import math
@@ -48,7 +50,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, ndf: int = 64, channels: int = 3, image_size: int = 64) -> None:
+    def __init__(self, ndf: int = 64, channels: int = 3, image_size: int = 64, norm: bool = True) -> None:
         super().__init__()
         n = _blocks(image_size)
         layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
@@ -56,7 +58,7 @@ class Discriminator(nn.Module):
         for _ in range(n - 1):
             layers += [
                 nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(width * 2),
+                nn.BatchNorm2d(width * 2) if norm else nn.Identity(),
                 nn.LeakyReLU(0.2, True),
             ]
             width *= 2
@@ -131,6 +133,10 @@ def build_discriminator(cfg: TrainConfig) -> nn.Module:
     if cfg.model == "mlp":
         d = MLPDiscriminator(cfg.ndf * 4, cfg.channels, cfg.image_size)
     else:
-        d = Discriminator(cfg.ndf, cfg.channels, cfg.image_size)
+        d = Discriminator(cfg.ndf, cfg.channels, cfg.image_size, norm=not cfg.spectral_norm)
     d.apply(init_weights)
+    if cfg.spectral_norm:
+        for layer in list(d.modules()):
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.utils.parametrizations.spectral_norm(layer)
     return d

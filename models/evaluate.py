@@ -57,6 +57,10 @@ class Evaluator:
         self.grid_noise, self.swd_noise = grid_noise, swd_noise
         self.watch, self.metrics = watch, metrics
         self.swd_function = _swd_function()
+        # The collapse warning's yardstick: a random sample of the real images (real is in dataset order,
+        # and its first rows would be the earliest collected, often from one source).
+        rows = np.random.default_rng(seed).permutation(len(real))[:GRID_SAMPLES]
+        self.real_grid = torch.from_numpy(real[np.sort(rows)]).permute(0, 3, 1, 2).float() / 127.5 - 1
 
     def grid(self, step: int, sample: Sampler) -> dict[str, Any]:
         """Write the grid of `step`; the metrics row's `diversity` and `collapsed`."""
@@ -68,8 +72,7 @@ class Evaluator:
             self.run_dir / "grids" / f"step-{step}.png", lambda tmp: save_image(grid, tmp, format="png")
         )
         self.metrics.image("samples", grid, step)
-        real = torch.from_numpy(self.real[:GRID_SAMPLES]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        ratio = self.watch.samples(step, fake.cpu(), real)
+        ratio = self.watch.samples(step, fake.cpu(), self.real_grid)
         return {"diversity": round(ratio, 4), "collapsed": self.watch.collapsed}
 
     def swd(self, sample: Sampler) -> dict[str, Any]:

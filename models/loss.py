@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import ddp
+from models.augment import Augment
 
 
 def real_loss(kind: str, logits: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -45,6 +46,11 @@ def generator_loss(kind: str, logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logits - 1).pow(2).mean()
 
 
+def logit_midpoint(kind: str) -> float:
+    """The D output halfway between its real and fake targets: what the sign of D(x) is taken against."""
+    return 0.5 if kind == "lsgan" else 0.0
+
+
 def discriminator_score(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """How D's logits are logged as D(x): a probability for BCE, the raw logit otherwise."""
     return torch.sigmoid if kind == "bce" else (lambda t: t)
@@ -67,7 +73,11 @@ def grad_norm(module: nn.Module) -> torch.Tensor:
 
 
 class GANLoss:
-    """The backward passes of D's and G's turns; gradients are scaled by `scaler` (fp16)."""
+    """The backward passes of D's and G's turns; gradients are scaled by `scaler` (fp16).
+
+    D sees every image through `augment` (models.augment), with this step's uniforms `draws`: one set
+    for the real batch, one for the fake batch in D's turn, one for G's turn.
+    """
 
     def __init__(
         self,
@@ -77,26 +87,35 @@ class GANLoss:
         smoothing: float,
         scaler: torch.amp.GradScaler,
         autocast: Callable[[], AbstractContextManager],
+        augment: Augment,
     ) -> None:
         self.d, self.d_raw = d, d_raw  # D as the step calls it (DDP, compiled), and its plain module
         self.kind, self.smoothing = kind, smoothing
         self.scaler, self.autocast = scaler, autocast
+        self.augment = augment
 
-    def discriminator(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _seen(self, images: torch.Tensor, draws: torch.Tensor, which: int) -> torch.Tensor:
+        """The images as D sees them: augmented with the `which`-th set of draws, when augmenting."""
+        return self.augment(images, draws[which]) if self.augment.enabled else images
+
+    def discriminator(
+        self, real: torch.Tensor, fake: torch.Tensor, draws: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """Backward of D's loss on `real` and `fake`; the loss and D's logits for each (detached)."""
         # Separate forwards; their gradients add up locally and are all-reduced once, by the second backward.
         with ddp.no_sync(self.d):
             with self.autocast():
-                real_logits = self.d(real).float()
+                real_logits = self.d(self._seen(real, draws, 0)).float()
             loss_real = real_loss(self.kind, real_logits, self.smoothing)
             self.scaler.scale(loss_real).backward()
+        self.augment.tally(real_logits, logit_midpoint(self.kind))
         with self.autocast():
-            fake_logits = self.d(fake.detach()).float()
+            fake_logits = self.d(self._seen(fake.detach(), draws, 1)).float()
         loss_fake = fake_loss(self.kind, fake_logits)
         self.scaler.scale(loss_fake).backward()
         return (loss_real + loss_fake).detach(), real_logits.detach(), fake_logits.detach()
 
-    def generator(self, fake: torch.Tensor) -> torch.Tensor:
+    def generator(self, fake: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """Backward of G's loss through D held fixed; the loss (detached).
 
         D's weights get no gradients (saving part of its backward work) and DDP has nothing of D's
@@ -104,7 +123,7 @@ class GANLoss:
         """
         with frozen(self.d_raw), ddp.no_sync(self.d):
             with self.autocast():
-                logits = self.d(fake).float()
+                logits = self.d(self._seen(fake, draws, 2)).float()
             loss = generator_loss(self.kind, logits)
             self.scaler.scale(loss).backward()
         return loss.detach()

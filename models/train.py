@@ -23,7 +23,7 @@ from common.report import StageReport
 from models import ddp
 from models.checkpoint import load_latest_everywhere
 from models.config import TrainConfig
-from models.data import check_shards, open_images
+from models.data import check_shards, dataset_flip, open_images
 from models.device import pick_device, wants_cuda
 from models.runs import (
     RunRecord,
@@ -39,7 +39,7 @@ from models.runs import (
     trained_report,
     warm_start_source,
 )
-from models.trainer import Progress, Trainer, TrainingDivergedError
+from models.trainer import Progress, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def _train(
 ) -> StageReport:
     """Skip a finished run, else train it under its lock (cleared first with `force`)."""
     dataset_dir, dataset_id = latest_dataset(root)
+    config = dataset_flip(config, dataset_dir)  # a set that must not be mirrored (digits) says so
     run_dir = root.run_dir(run_name(config, dataset_id))
     info = read_run_info(run_dir)
     if not force and is_done(info, config.steps):
@@ -114,7 +115,7 @@ def _run_training(trainer: Trainer, root: DataRoot, info: dict[str, Any]) -> Sta
     record.start(trainer.dataset_id, config, parent, info.get("started"), **setup, step=trainer.step)
     try:
         status = trainer.run(config.steps)
-    except TrainingDivergedError as e:
+    except Exception as e:  # diverged, a full disk, a lost GPU...: run.json says so (a kill leaves "running")
         record.fail(e, trainer.step)
         raise
     record.finish(

@@ -23,7 +23,13 @@ from tqdm import tqdm
 
 from common.report import BadInputError
 from models import ddp
-from models.checkpoint import load_latest_everywhere, match_optimizer_flags, save_step_checkpoint
+from models.augment import Augment
+from models.checkpoint import (
+    load_latest_everywhere,
+    match_optimizer_flags,
+    restore_rng,
+    save_step_checkpoint,
+)
 from models.config import TrainConfig
 from models.cuda_graph import GraphedStep
 from models.data import DeviceDataset, check_shards, fit_images, fixed_noise, open_images, shard_seed
@@ -121,8 +127,9 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.g_raw.parameters(), lr=config.lr_g, betas=betas, **fused)
         self.opt_d = torch.optim.Adam(self.d_raw.parameters(), lr=config.lr_d, betas=betas, **fused)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.augment = Augment(config, device)
         self.loss = GANLoss(
-            self.d, self.d_raw, config.loss, config.label_smoothing, self.scaler, self.autocast
+            self.d, self.d_raw, config.loss, config.label_smoothing, self.scaler, self.autocast, self.augment
         )
 
     def _set_up_watching(self) -> None:
@@ -168,21 +175,24 @@ class Trainer:
         """One D update and one G update. With `measure`, also returns the figures to log (as tensors)."""
         real = self.real_batch()
         z = torch.randn(len(real), self.config.nz, 1, 1, device=self.device, generator=self.gen)
-        figures = self.graphed_step(self._update, (real, z), measure)  # eager, or a graph's replay
+        draws = self.augment.draw(len(real), self.gen)  # none when augmentation is off
+        figures = self.graphed_step(self._update, (real, z, draws), measure)  # eager, or a graph's replay
         self.ema.update(self.step)
         self.step += 1
         return figures
 
-    def _update(self, real: torch.Tensor, z: torch.Tensor, measure: bool) -> dict[str, torch.Tensor]:
+    def _update(
+        self, real: torch.Tensor, z: torch.Tensor, draws: torch.Tensor, measure: bool
+    ) -> dict[str, torch.Tensor]:
         """D's turn on the real and a fake batch, then G's through the updated D (models.loss)."""
         with self.autocast():
             fake = self.g(z)
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d, real_logits, fake_logits = self.loss.discriminator(real, fake)
+        loss_d, real_logits, fake_logits = self.loss.discriminator(real, fake, draws)
         grad_norm_d = grad_norm(self.d_raw) if measure else None
         self.scaler.step(self.opt_d)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g = self.loss.generator(fake)
+        loss_g = self.loss.generator(fake, draws)
         self.scaler.step(self.opt_g)
         self.scaler.update()
         self._finite &= torch.isfinite(loss_d + loss_g)  # read back only at boundaries
@@ -232,6 +242,7 @@ class Trainer:
                 "images_seen": self.images_seen,
                 "train_seconds": self.train_seconds,
                 "best_swd": None if math.isinf(self.best_swd) else self.best_swd,
+                "augment_p": float(self.augment.p),
             },
         }
 
@@ -253,20 +264,14 @@ class Trainer:
         self.train_seconds = float(metrics.get("train_seconds", 0.0))
         if metrics.get("best_swd") is not None:
             self.best_swd = float(metrics["best_swd"])
-        self._load_rng(ckpt["rng"])
+        if metrics.get("augment_p") is not None:  # an adaptive p goes on from where it was
+            self.augment.p.fill_(float(metrics["augment_p"]))
+        note = restore_rng(
+            self.gen, ckpt["rng"], self.dist, shard_seed(self.config.seed, self.dist.rank, self.step)
+        )
+        if note:
+            self.notes.append(note)
         self._finite.fill_(True)
-
-    def _load_rng(self, rng: dict[str, Any]) -> None:
-        if rng["device_type"] == self.device.type and rng["world_size"] == self.dist.world_size:
-            # RNG states are CPU byte tensors, whatever map_location moved them to.
-            self.gen.set_state(rng["generators"][self.dist.rank].cpu())
-            torch.set_rng_state(rng["torch"].cpu())
-        else:  # another device kind or process count: a fresh, still reproducible stream
-            self.gen.manual_seed(shard_seed(self.config.seed, self.dist.rank, salt=self.step))
-            self.notes.append(
-                f"resumed on {self.device.type} x{self.dist.world_size} from a checkpoint made on "
-                f"{rng['device_type']} x{rng['world_size']}: random numbers differ from an uninterrupted run"
-            )
 
     def resume(self) -> int | None:
         """Load the run's latest good checkpoint; the step it resumes from, or None for a new run."""
@@ -378,8 +383,8 @@ class Trainer:
         row["grad_norm_g"] /= self.scaler.get_scale()
         row["images_per_second"] = round(images_per_second, 1)
         row["seconds"] = round(self.train_seconds, 2)
-        row["overpowered"] = self.watch.losses(self.step, row["loss_d"], row["loss_g"])
-        return row
+        row["overpowered"] = self.watch.losses(self.step, row["loss_d"], row["d_g_z"])
+        return row | self.augment.figures(self.dist)
 
     def close(self) -> None:
         if self.metrics is not None:

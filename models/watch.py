@@ -7,11 +7,14 @@ numbers and grids to TensorBoard when the `tensorboard` package is installed.
 
 import json
 import logging
+import math
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from common.files import atomic_write_text
 from models.config import TrainConfig
@@ -19,9 +22,40 @@ from models.config import TrainConfig
 log = logging.getLogger("models.train")
 
 
+MEASURE_SIDE = 32  # larger images are area-averaged to this side before their distances are taken
+
+
+def structured_distances(images: torch.Tensor) -> torch.Tensor:
+    """Squared distances between all pairs of images that count only spatially coherent differences.
+
+    For a pair's difference image d, the mean of d(p) * d(p + one pixel), right and down, instead of
+    d(p)^2: independent per-pixel noise averages out of it, while a difference in what the images show
+    (spread over neighbouring pixels) does not. Computed for all pairs at once from inner products.
+    """
+    x = images.float()
+    if x.shape[-1] > MEASURE_SIDE:
+        x = F.adaptive_avg_pool2d(x, MEASURE_SIDE)
+    left, right = x[..., :, :-1].flatten(1), x[..., :, 1:].flatten(1)
+    top, below = x[..., :-1, :].flatten(1), x[..., 1:, :].flatten(1)
+    cross = (left @ right.T + top @ below.T) / (2 * left.shape[1])  # <image i, image j moved one pixel>
+    own = cross.diagonal()
+    return own[:, None] + own[None, :] - cross - cross.T
+
+
 def diversity(images: torch.Tensor) -> float:
-    """Mean pairwise L2 distance between images: near zero when they are all alike."""
-    return float(torch.pdist(images.flatten(1).float()).mean())
+    """How far each image is from its nearest other image (median over images), noise excluded.
+
+    Near zero when the images come in copies of a few pictures, whatever noise sits on top of them.
+    """
+    pairs = structured_distances(images)
+    pairs.fill_diagonal_(math.inf)
+    return float(pairs.min(dim=1).values.clamp_min(0).median().sqrt())
+
+
+def median(values: Iterable[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 class Watch:
@@ -29,25 +63,28 @@ class Watch:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.rows: deque[tuple[float, float]] = deque(maxlen=config.watch_window)
+        self.losses_d: deque[float] = deque(maxlen=config.watch_window)
         self.overpowered = False
         self.collapsed = False
         self.was_diverse = False
         self.warnings: list[str] = []
 
-    def losses(self, step: int, loss_d: float, loss_g: float) -> bool:
-        """D overpowers G when its loss stays near zero for a window of rows while G's loss climbs."""
-        self.rows.append((loss_d, loss_g))
-        full = len(self.rows) == self.rows.maxlen
-        now = (
-            full and all(d < self.config.overpower_d_loss for d, _ in self.rows) and loss_g > self.rows[0][1]
-        )
+    def losses(self, step: int, loss_d: float, d_g_z: float) -> bool:
+        """D overpowers G when its loss, as the median of the last `watch_window` rows, is near zero.
+
+        The median lets no single noisy row veto (or raise) the warning; once raised, it holds until the
+        median is twice the threshold, so a run hovering at the threshold warns once.
+        """
+        self.losses_d.append(loss_d)
+        typical = median(self.losses_d)
+        limit = self.config.overpower_d_loss * (2 if self.overpowered else 1)
+        now = len(self.losses_d) == self.losses_d.maxlen and typical < limit
         if now and not self.overpowered:
             self._warn(
-                f"step {step}: the discriminator overpowers the generator (D loss < "
-                f"{self.config.overpower_d_loss} for {len(self.rows)} rows while G loss climbs to "
-                f"{loss_g:.2f}); "
-                "try label_smoothing = 0.1, a lower lr_d or loss = 'hinge'"
+                f"step {step}: the discriminator overpowers the generator (median D loss {typical:.3g} < "
+                f"{self.config.overpower_d_loss} over the last {len(self.losses_d)} logged rows; "
+                f"D(G(z)) now {d_g_z:.3g}); try augment = 'color,translation,cutout', "
+                "label_smoothing = 0.1, a lower lr_d or loss = 'hinge'"
             )
         self.overpowered = now
         return now
@@ -62,8 +99,9 @@ class Watch:
         now = low and (self.was_diverse or step >= self.config.collapse_warmup)
         if now and not self.collapsed:
             self._warn(
-                f"step {step}: mode collapse: the fixed-noise samples are nearly identical (diversity "
-                f"{ratio:.3f} of the real images'); try a lower lr_g, loss = 'hinge' or an earlier checkpoint"
+                f"step {step}: mode collapse: the fixed-noise samples are near copies of each other "
+                f"(diversity {ratio:.3f} of the real images'); try augment = 'color,translation,cutout', "
+                "a lower lr_g, loss = 'hinge' or an earlier checkpoint"
             )
         self.collapsed = now
         return ratio

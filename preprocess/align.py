@@ -1,4 +1,4 @@
-"""Aligned square crops, the way the FFHQ dataset was made, and Haar's plain square boxes.
+"""Aligned square crops, the way the FFHQ dataset was made.
 
 FFHQ (Karras et al., `ffhq-dataset/download_ffhq.py`, `recreate_aligned_images`): the eye-to-eye and
 eye-to-mouth vectors define an oriented square. Its x axis is the eye-to-eye direction averaged with
@@ -8,14 +8,17 @@ eye-to-mouth vector below the eyes. Every crop thus shows the face at the same p
 
 Each crop is described by an affine matrix from original-image pixels to crop pixels (pixel centres
 at integer coordinates), so boxes, landmarks and ground-truth points can be mapped exactly. The pixels
-are resampled at the face's own resolution (bilinear, reflecting the photo at its edges instead of
-black bars) and then shrunk with INTER_AREA, which averages rather than skips pixels.
+are resampled at the face's own resolution (bilinear) and then shrunk with INTER_AREA, which averages
+rather than skips pixels. Where the square runs past the photo's edge, the crop is padded the way FFHQ
+padded (preprocess/padding.py): no black bars, no mirrored features.
 """
 
 import cv2
 import numpy as np
 
 from preprocess.detect import Face
+from preprocess.haar import box_landmarks
+from preprocess.padding import fade_padding, runs_past
 
 # At most this many native pixels per output pixel are resampled bilinearly; bigger faces are first
 # shrunk with INTER_AREA, so memory stays bounded for a face that fills a 60-megapixel photo.
@@ -51,16 +54,6 @@ def ffhq_square(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([c - x - y, c + x - y, c + x + y, c - x + y])
 
 
-def box_square(box: tuple[float, float, float, float], margin: float) -> np.ndarray:
-    """An upright square around a detector box, `margin` of the box's longer side added on every side."""
-    x, y, w, h = box
-    half = max(w, h) * (0.5 + margin)
-    cx, cy = x + w / 2, y + h / 2
-    return np.array(
-        [[cx - half, cy - half], [cx + half, cy - half], [cx + half, cy + half], [cx - half, cy + half]]
-    )
-
-
 def square_to_crop(square: np.ndarray, size: int) -> np.ndarray:
     """The 2x3 affine matrix taking image pixels to pixels of a size x size crop of `square`.
 
@@ -77,15 +70,15 @@ def map_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return pts @ matrix[:, :2].T + matrix[:, 2]
 
 
-def face_square(face: Face, haar_margin: float) -> np.ndarray:
-    """FFHQ's square where there are landmarks, else the detector box with a margin."""
-    if face.landmarks is not None:
-        return ffhq_square(face.landmarks)
-    return box_square(face.box, haar_margin)
+def face_square(face: Face, haar_margin: float = 0.0) -> np.ndarray:
+    """FFHQ's square from the face's landmarks, or for a Haar face (no landmarks) from those an average
+    face has in its box (`preprocess.haar.box_landmarks`). `haar_margin` is no longer used: Haar crops
+    are framed like YuNet's."""
+    return ffhq_square(face.landmarks if face.landmarks is not None else box_landmarks(face.box))
 
 
 def crop_square(bgr: np.ndarray, square: np.ndarray, size: int) -> np.ndarray:
-    """The square's pixels as a size x size BGR uint8 crop (reflecting the image past its edges)."""
+    """The square's pixels as a size x size BGR uint8 crop, padded FFHQ's way past the photo's edges."""
     side = float(np.hypot(*(square[1] - square[0])))
     native = max(size, int(round(side)))
     image, square = _shrink_if_huge(bgr, square, native / (MAX_OVERSAMPLE * size))
@@ -96,6 +89,9 @@ def crop_square(bgr: np.ndarray, square: np.ndarray, size: int) -> np.ndarray:
     )
     if native != size:
         warped = cv2.resize(warped, (size, size), interpolation=cv2.INTER_AREA)
+    height, width = image.shape[:2]
+    if runs_past(square, height, width):
+        warped = fade_padding(warped, square_to_crop(square, size), height, width)
     return warped
 
 

@@ -23,7 +23,12 @@ class PreprocessConfig(StrictModel):
         True,
         description="YuNet: re-detect upright and mirrored, then find the pupils (preprocess/landmarks.py).",
     )
-    haar_margin: float = Field(0.25, ge=0, le=2, description="Margin around a Haar box.")
+    haar_margin: float = Field(
+        0.25,
+        ge=0,
+        le=2,
+        description="Not used any more: Haar crops are framed like YuNet's (still accepted).",
+    )
     haar_min_neighbors: int = Field(5, ge=1, description="Haar: overlapping raw detections a face needs.")
     max_pixels: int = Field(
         64_000_000, ge=1, description="Larger images are refused unread (decompression bombs)."
@@ -38,7 +43,12 @@ class PreprocessConfig(StrictModel):
 
     # Settings that change how work is spread, not what it produces: left out of the config hash.
     EXECUTION_FIELDS: ClassVar[frozenset[str]] = frozenset({"workers", "batch_size", "dask_address"})
+    # Bump when the same settings give other crops: every photo is then processed again. 2: the second
+    # opinion, FFHQ padding, Haar crops aligned by the eyes, pupils found level-independently.
+    CROPS_VERSION: ClassVar[int] = 2
 
     def output_hash(self) -> str:
-        """Hash of the settings that shape the crops: changing any of them reprocesses every image."""
-        return config_hash(self.model_dump(mode="json", exclude=set(self.EXECUTION_FIELDS)))
+        """Hash of the settings that shape the crops (and of CROPS_VERSION): changing any of them
+        reprocesses every image."""
+        settings = self.model_dump(mode="json", exclude=set(self.EXECUTION_FIELDS))
+        return config_hash({**settings, "crops_version": self.CROPS_VERSION})

@@ -1,7 +1,9 @@
 """Face detection: OpenCV's YuNet (boxes, five landmarks, a score) or its classic Haar cascade (boxes only).
 
-Both run on a copy scaled so its longest side is `working_size` (detection cost grows with pixels, and a
-face is still a face at 640 px) and report boxes and landmarks in the original image's pixels.
+Both run on a scaled copy and report boxes and landmarks in the original image's pixels. Detection
+cost grows with pixels, and a face is still a face when small: the copy is as small as lets a face of
+`min_face_size` keep `SMALLEST_FACE` pixels (YuNet finds every webmorph face at 19 px; Haar's window is
+24 px), and at most `working_size` on its longest side.
 """
 
 from dataclasses import dataclass
@@ -13,11 +15,11 @@ import numpy as np
 
 from common.report import BadInputError
 from preprocess.config import PreprocessConfig
+from preprocess.haar import HAAR_MIN_SIZE, haar_boxes, load_cascade
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
-HAAR_FILE = "haarcascade_frontalface_default.xml"
 YUNET_SIZES_KEPT = 8  # networks kept for different input sizes (a few MB each)
-HAAR_MIN_SIZE = 24  # the cascade's own window: smaller faces cannot be found on the working copy
+SMALLEST_FACE = {"yunet": 20, "haar": HAAR_MIN_SIZE}  # pixels a face needs on the working copy
 
 
 @dataclass
@@ -63,9 +65,7 @@ class FaceDetector:
             self._yunets: dict[tuple[int, int], cv2.FaceDetectorYN] = {}
             self._check_yunet()
         else:
-            self._haar = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_FILE))
-            if self._haar.empty():
-                raise BadInputError(f"OpenCV's {HAAR_FILE} failed to load: reinstall opencv-python-headless")
+            self._haar = load_cascade()
 
     def _check_yunet(self) -> None:
         """Load the network once now: a file that is no YuNet model is bad input, not an error per photo."""
@@ -86,7 +86,7 @@ class FaceDetector:
         """Faces at least `min_face_size` px wide and tall, best score first, at most `max_faces`."""
         if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
             raise ValueError(f"detect() wants a BGR uint8 image (H, W, 3), got {bgr.dtype} {bgr.shape}")
-        scale = min(1.0, self.config.working_size / max(bgr.shape[:2]))
+        scale = self.working_scale(bgr.shape[0], bgr.shape[1])
         small = (
             bgr if scale == 1.0 else cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         )
@@ -100,6 +100,11 @@ class FaceDetector:
         faces = [f for f in faces if min(f.box[2], f.box[3]) >= self.config.min_face_size]
         faces.sort(key=lambda f: f.score, reverse=True)
         return faces[: self.config.max_faces]
+
+    def working_scale(self, height: int, width: int) -> float:
+        """How much smaller than the image the copy detection runs on is (1.0: the image itself)."""
+        smallest = SMALLEST_FACE[self.config.detector] / self.config.min_face_size
+        return min(1.0, self.config.working_size / max(height, width), smallest)
 
     def detect_as_is(self, bgr: np.ndarray) -> list[Face]:
         """Every detection on the image at its own size: no working-size copy, no size or count limits."""
@@ -122,23 +127,23 @@ class FaceDetector:
             return []
         faces = []
         for row in rows:
-            x, y, w, h = (float(v) for v in row[:4])
-            landmarks = row[4:14].reshape(5, 2).astype(np.float64) * (sx, sy)
-            faces.append(Face((x * sx, y * sy, w * sx, h * sy), landmarks, float(row[14])))
+            x, y = (float(v) for v in _to_original(row[:2], sx, sy))
+            landmarks = _to_original(row[4:14].reshape(5, 2), sx, sy)
+            faces.append(Face((x, y, float(row[2]) * sx, float(row[3]) * sy), landmarks, float(row[14])))
         return faces
 
     def _detect_haar(self, small: np.ndarray, sx: float, sy: float) -> list[Face]:
-        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
         min_side = max(HAAR_MIN_SIZE, int(self.config.min_face_size / max(sx, sy)))
-        boxes, neighbours = self._haar.detectMultiScale2(
-            gray, scaleFactor=1.1, minNeighbors=self.config.haar_min_neighbors, minSize=(min_side, min_side)
-        )
         # The cascade has no confidence; the number of raw windows merged into a box is the usual stand-in,
         # squashed into [0.5, 1): n / (n + min_neighbors), since n >= min_neighbors for every box.
         k = self.config.haar_min_neighbors
-        return [
-            Face((x * sx, y * sy, w * sx, h * sy), None, n / (n + k))
-            for (x, y, w, h), n in zip(
-                np.asarray(boxes).reshape(-1, 4), np.asarray(neighbours).ravel(), strict=True
-            )
-        ]
+        faces = []
+        for (x, y, w, h), n in haar_boxes(self._haar, small, min_side, k):
+            x0, y0 = (float(v) for v in _to_original((x, y), sx, sy))
+            faces.append(Face((x0, y0, w * sx, h * sy), None, n / (n + k)))
+        return faces
+
+
+def _to_original(points: np.ndarray | tuple, sx: float, sy: float) -> np.ndarray:
+    """Working-copy points to original pixels: pixel centres map as x + 0.5 = (x_copy + 0.5) * sx."""
+    return (np.asarray(points, dtype=np.float64) + 0.5) * (sx, sy) - 0.5

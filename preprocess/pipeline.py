@@ -29,12 +29,14 @@ from common.files import atomic_write_bytes
 from common.layout import DataRoot
 from common.report import BadInputError, StageReport
 from preprocess import manifest as faces_manifest
-from preprocess.align import blur_score, crop_square, face_square
+from preprocess.align import blur_score
 from preprocess.config import PreprocessConfig
-from preprocess.decode import ImageDecodeError, load_image
-from preprocess.detect import Face, FaceDetector
-from preprocess.landmarks import refine_landmarks
+from preprocess.decode import ImageDecodeError, open_image
+from preprocess.detect import FaceDetector
 from preprocess.manifest import Crop, Outcome
+from preprocess.photo import FaceCrop, face_crops
+from preprocess.photo import align_face as align_face  # where the tests and older callers find it
+from preprocess.verify import SecondOpinion
 from scraper import manifest as raw_manifest
 
 
@@ -130,15 +132,22 @@ def record_batch(config: PreprocessConfig, root: DataRoot, result: BatchResult) 
 
 # --- the work (any process) -------------------------------------------------------------------------
 
-_detectors: dict[str, FaceDetector] = {}
+_workers: dict[str, tuple[FaceDetector, SecondOpinion]] = {}
 
 
 def _detector(config: PreprocessConfig) -> FaceDetector:
-    """One detector per process and configuration (loading YuNet takes a few milliseconds)."""
+    return _tools(config)[0]
+
+
+def _tools(config: PreprocessConfig) -> tuple[FaceDetector, SecondOpinion]:
+    """One detector and second opinion per process and configuration (loading them takes milliseconds).
+    OpenCV runs single-threaded wherever the work runs: one process per core already, and in a Dask
+    or Prefect worker as much as in ours."""
     key = config.output_hash()
-    if key not in _detectors:
-        _detectors[key] = FaceDetector(config)
-    return _detectors[key]
+    if key not in _workers:
+        cv2.setNumThreads(1)
+        _workers[key] = (FaceDetector(config), SecondOpinion(config))
+    return _workers[key]
 
 
 def process_batch(config: PreprocessConfig, root: DataRoot, batch: list[Source]) -> BatchResult:
@@ -147,68 +156,46 @@ def process_batch(config: PreprocessConfig, root: DataRoot, batch: list[Source])
     Writes no manifest, so it can run in a worker process, a Prefect task or on a Dask worker that
     sees the same data root.
     """
-    detector = _detector(config)
-    return BatchResult(config.output_hash(), [process_source(config, root, s, detector) for s in batch])
+    tools = _tools(config)
+    return BatchResult(config.output_hash(), [process_source(config, root, s, *tools) for s in batch])
 
 
 def process_source(
-    config: PreprocessConfig, root: DataRoot, source: Source, detector: FaceDetector
+    config: PreprocessConfig, root: DataRoot, source: Source, detector: FaceDetector, opinion: SecondOpinion
 ) -> Outcome:
     path = root.root / source.path
     if not path.is_file():
         return Outcome(source.sha256, "missing", error=f"missing file {source.path}")
     try:
-        bgr = load_image(path, max_pixels=config.max_pixels)
-        faces = detector.detect(bgr)
-        crops = [
-            _write_crop(config, root, source.sha256, k, bgr, face, detector) for k, face in enumerate(faces)
-        ]
+        found, doubts = face_crops(config, open_image(path, max_pixels=config.max_pixels), detector, opinion)
+        crops = [_write_crop(config, root, source.sha256, k, face) for k, face in enumerate(found)]
     except ImageDecodeError as e:
         return Outcome(source.sha256, "error", error=e.reason)
     except cv2.error as e:  # an image OpenCV cannot work on (e.g. 1 px wide): recorded, not retried
         return Outcome(source.sha256, "error", error=f"opencv: {str(e).strip().splitlines()[-1]}")
-    return Outcome(source.sha256, "ok" if crops else "no_face", crops)
+    note = f"{len(doubts)} face candidate(s) turned down: {'; '.join(doubts)}" if doubts else None
+    return Outcome(source.sha256, "ok" if crops else "no_face", crops, error=note)
 
 
-def align_face(
-    config: PreprocessConfig, bgr: np.ndarray, face: Face, detector: FaceDetector
-) -> tuple[np.ndarray, Face]:
-    """The face's aligned BGR crop, and the face with the landmarks the alignment used."""
-    if face.landmarks is not None and config.refine_eyes:
-        face = Face(face.box, refine_landmarks(bgr, face.landmarks, detector), face.score)
-    return crop_square(bgr, face_square(face, config.haar_margin), config.crop_size), face
-
-
-def _write_crop(
-    config: PreprocessConfig,
-    root: DataRoot,
-    sha256: str,
-    k: int,
-    bgr: np.ndarray,
-    face: Face,
-    detector: FaceDetector,
-) -> Crop:
-    crop, face = align_face(config, bgr, face, detector)
-    ok, png = cv2.imencode(".png", crop)  # BGR in memory, RGB in the file
+def _write_crop(config: PreprocessConfig, root: DataRoot, sha256: str, k: int, found: FaceCrop) -> Crop:
+    ok, png = cv2.imencode(".png", found.crop)  # BGR in memory, RGB in the file
     assert ok, "PNG encoding of a uint8 image cannot fail"
     target = atomic_write_bytes(root.crop_path(sha256, k), png.tobytes())
+    face = found.face
     return Crop(
         crop_id=target.stem,
         sha256=sha256,
         face_index=k,
         path=target.relative_to(root.root).as_posix(),
         box=[round(float(v), 2) for v in face.box],
-        landmarks=None if face.landmarks is None else np.round(face.landmarks, 2).tolist(),
+        # Haar's landmarks are an average face's, placed by the box and the pupils: only the box is recorded.
+        landmarks=None if config.detector == "haar" else np.round(face.landmarks, 2).tolist(),
         score=round(face.score, 4),
-        blur=round(blur_score(crop), 2),
+        blur=round(blur_score(found.crop), 2),
         detector=config.detector,
         config_hash=config.output_hash(),
         size=config.crop_size,
     )
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already: OpenCV's own threads would only compete
 
 
 # --- the stage -------------------------------------------------------------------------------------
@@ -269,11 +256,11 @@ def run_batches_locally(
 ) -> Iterator[BatchResult]:
     """Batch results as they finish; at most two batches per worker in flight, so memory stays flat."""
     workers = worker_count(config)
-    if workers == 1:
+    if workers == 1:  # in this process; process_batch makes OpenCV single-threaded here too
         for batch in batches:
             yield process_batch(config, root, batch)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         in_flight: set[Future] = set()
         for batch in batches:
             in_flight.add(pool.submit(process_batch, config, root, batch))

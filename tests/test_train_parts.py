@@ -14,6 +14,7 @@ from models.data import DeviceDataset, fit_images, open_images
 from models.dcgan import build_discriminator, build_generator
 from models.train import train
 from models.watch import Watch
+from tests.photo_crops import face_crops
 from tests.train_helpers import blobs, make_dataset, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,14 +61,18 @@ def test_bad_dataset_files_are_clear_errors(tmp_path):
         open_images(tmp_path / "junk.npy")
 
 
+def real_faces(n: int = 32, size: int = 32) -> torch.Tensor:
+    return torch.from_numpy(face_crops(size)[:n]).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def test_watch_flags_collapse_and_an_overpowering_discriminator():
     watch = Watch(TrainConfig(watch_window=3))
-    real = torch.rand(16, 3, 8, 8) * 2 - 1
-    assert not watch.samples(10, real.flip(0), real) < 0.1
-    same = real[:1].expand(16, -1, -1, -1) + 0.001 * torch.randn(16, 3, 8, 8)
-    assert watch.samples(20, same, real) < 0.1 and watch.collapsed
-    for step, (loss_d, loss_g) in enumerate([(0.6, 1.0), (0.01, 2.0), (0.02, 3.0), (0.01, 4.0)]):
-        watch.losses(step, loss_d, loss_g)
+    real = real_faces()
+    assert not watch.samples(10, real_faces(64)[32:], real) < 0.25
+    same = real[:1].expand(32, -1, -1, -1) + 0.001 * torch.randn(32, 3, 32, 32)
+    assert watch.samples(20, same, real) < 0.25 and watch.collapsed
+    for step, loss_d in enumerate([0.6, 0.01, 0.02, 0.01]):
+        watch.losses(step, loss_d, 0.01)
     assert watch.overpowered
     assert [w.split(":")[1].strip().split(" ")[0] for w in watch.warnings] == ["mode", "the"]
 
@@ -101,8 +106,8 @@ def test_command_line_config_names_the_bad_key(tmp_path):
 
 def test_a_fresh_generators_alike_samples_are_no_collapse_until_the_warmup_ends():
     watch = Watch(TrainConfig(collapse_warmup=100))
-    real = torch.rand(16, 3, 8, 8) * 2 - 1
-    alike = real[:1].expand(16, -1, -1, -1) + 0.001 * torch.randn(16, 3, 8, 8)
+    real = real_faces()
+    alike = real[:1].expand(32, -1, -1, -1) + 0.001 * torch.randn(32, 3, 32, 32)
     watch.samples(50, alike, real)
     assert not watch.collapsed and not watch.warnings
     watch.samples(100, alike, real)

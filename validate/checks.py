@@ -12,10 +12,11 @@ import numpy as np
 
 from preprocess.config import PreprocessConfig
 from preprocess.detect import FaceDetector
+from preprocess.verify import HaarCheck
 from validate.config import ValidateConfig
 
 # Bump when a measurement changes meaning: cached measurements from older versions are then redone.
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2  # 2: the face re-check wants the Haar cascade's word too
 
 # Soft checks, in the order a crop's reasons are listed (the first one names its contact sheet).
 REASONS = (
@@ -80,7 +81,11 @@ def phash(bgr: np.ndarray) -> int:
 
 
 class FaceRechecker:
-    """YuNet (through preprocess.detect) on a crop given a little room around the face."""
+    """YuNet (through preprocess.detect) on a crop given a little room around the face, confirmed by a
+    detector of another kind (preprocess.verify.HaarCheck: the Haar cascade, near the crop's middle, for
+    squares 2.4 to 4 pupil distances wide): YuNet alone now and then scores a hand or hair above 0.5,
+    and a second look with the same network is no independent check. A crop the cascade does not
+    confirm scores 0."""
 
     def __init__(self) -> None:
         side = RECHECK_SIZE + 2 * RECHECK_BORDER
@@ -92,13 +97,14 @@ class FaceRechecker:
             max_faces=1,
         )
         self.detector = FaceDetector(config)
+        self.haar = HaarCheck.any_framing()
 
     def score(self, bgr: np.ndarray) -> float:
         big = bgr if bgr.shape[0] == RECHECK_SIZE else cv2.resize(bgr, (RECHECK_SIZE, RECHECK_SIZE))
         b = RECHECK_BORDER
         padded = cv2.copyMakeBorder(big, b, b, b, b, cv2.BORDER_REPLICATE)
         faces = self.detector.detect(padded)
-        return round(faces[0].score, 4) if faces else 0.0
+        return round(faces[0].score, 4) if faces and self.haar.confirms(big) else 0.0
 
 
 def measure(data: bytes, size: int, rechecker: FaceRechecker | None) -> Measures:
@@ -123,7 +129,8 @@ def quality_reasons(m: Measures, config: ValidateConfig) -> list[tuple[str, str]
     """The soft checks that need only this crop: (reason, detail) for each one it fails."""
     out = []
     if config.recheck_faces and m.face_score is not None and m.face_score < config.min_face_score:
-        out.append(("no_face", f"YuNet score {m.face_score:.2f} < {config.min_face_score}"))
+        detail = f"face score {m.face_score:.2f} < {config.min_face_score} (YuNet's; 0: Haar sees no face)"
+        out.append(("no_face", detail))
     if m.sharpness < config.min_sharpness:
         out.append(("blurry", f"sharpness {m.sharpness:.1f} < {config.min_sharpness}"))
     if m.brightness < config.min_brightness:

@@ -211,9 +211,15 @@ def reason_counts(report: dict) -> Counter:
 
 
 def thresholds(config: dict) -> list[tuple[str, str]]:
-    """(check, what fails it) for every check, in REASONS order, with the configured values."""
-    c = config
-    return [
+    """(check, what fails it) for every check, in REASONS order, with the configured values; a ready-made
+    set's config lists the few checks it had (`checks`)."""
+    c, item = config, "image" if "checks" in config else "crop"
+    pixels = (
+        f" and 16x16 thumbnails within {c['near_duplicate_pixels']} grey levels"
+        if "near_duplicate_pixels" in c
+        else ""
+    )
+    rows = [
         ("opted_out", "the source opted out (noai and similar directives) or was taken down"),
         (
             "no_face",
@@ -226,9 +232,20 @@ def thresholds(config: dict) -> list[tuple[str, str]]:
         ("bright", f"mean grey level > {c['max_brightness']}"),
         ("flat", f"grey-level standard deviation < {c['min_contrast']}"),
         ("grayscale", f"mean RGB chroma < {c['min_chroma']}" if c["colour"] else "off (colour = false)"),
-        ("duplicate", "same pixels as an earlier crop"),
-        ("near_duplicate", f"perceptual hash within {c['near_duplicate_distance']} bits of an earlier crop"),
+        ("duplicate", f"same pixels as an earlier {item}"),
+        (
+            "near_duplicate",
+            f"perceptual hash within {c['near_duplicate_distance']} bits{pixels} of an earlier {item}",
+        ),
     ]
+    return [row for row in rows if row[0] in c.get("checks", REASONS)]
+
+
+def subject(report: dict) -> tuple[str, str, int]:
+    """What the images show, what one is called, and its channels: face crops, or a ready-made set's."""
+    if report.get("kind") == "ready-made":
+        return f"images of {report['holds']} (`{report['name']}`)", "image", report["channels"]
+    return "aligned face crops", "crop", 3
 
 
 def report_markdown(report: dict) -> str:
@@ -237,8 +254,8 @@ def report_markdown(report: dict) -> str:
     lines = [
         f"# Validation report: dataset `{report['dataset_id']}`",
         "",
-        f"Made {report['created_at']}. {c['crops']} crops checked: **{c['accepted']} accepted**, "
-        f"{c['quarantined']} quarantined, {c['released']} released by hand.",
+        f"Made {report['created_at']}. {c['crops']} {subject(report)[1]}s checked: "
+        f"**{c['accepted']} accepted**, {c['quarantined']} quarantined, {c['released']} released by hand.",
         "",
         "| check | fails when | quarantined |",
         "|---|---|---:|",
@@ -258,10 +275,12 @@ def report_markdown(report: dict) -> str:
         if len(items) > 20:
             lines.append(f"- … and {len(items) - 20} more (`faces validate --quarantine {reason}`)")
         lines.append("")
-    lines += [
-        "Quarantined crops stay in `faces/`. Release one with `faces validate --release <crop_id>` "
-        "and run `faces validate` again.",
-    ]
+    lines.append(
+        "Quarantined images are left out of `images.npy`; their source files are untouched."
+        if report.get("kind") == "ready-made"
+        else "Quarantined crops stay in `faces/`. Release one with `faces validate --release <crop_id>` "
+        "and run `faces validate` again."
+    )
     for r in report.get("redactions", []):
         lines.append(f"\nRedacted {r['at']}: {r['crops']} crop(s) removed by a takedown.")
     return "\n".join(lines).rstrip() + "\n"
@@ -269,21 +288,30 @@ def report_markdown(report: dict) -> str:
 
 def dataset_card(report: dict, index: list[dict]) -> str:
     c = report["counts"]
-    hosts = Counter(urlsplit(r["source_url"]).hostname or "(local)" for r in index)
+    hosts = Counter(
+        urlsplit(r["source_url"]).hostname or urlsplit(r["page_url"]).hostname or "(local)" for r in index
+    )
     licences = Counter(r["licence"] or "(unknown)" for r in index)
     dates = sorted(r["fetched_at"] for r in index if r["fetched_at"])
-    size = report["image_size"]
+    size, (holds, item, channels) = report["image_size"], subject(report)
+    colour = "RGB" if channels == 3 else "grey"
+    labelled = (
+        " Labels: " + ", ".join(f"{k} ({n})" for k, n in report["labels"].items()) + "."
+        if report.get("labels")
+        else ""
+    )
     lines = [
         f"# Dataset card: `{report['dataset_id']}`",
         "",
-        f"{c['accepted']} aligned face crops, {size}x{size} RGB, made {report['created_at']} from "
-        f"{c['crops']} candidate crops ({c['quarantined']} quarantined).",
+        f"{c['accepted']} {holds}, {size}x{size} {colour}, made {report['created_at']} from "
+        f"{c['crops']} candidate {item}s ({c['quarantined']} quarantined).{labelled}",
         "",
         "## Files",
         "",
-        f"- `images.npy`: uint8 array ({c['accepted']}, {size}, {size}, 3), RGB; "
+        f"- `images.npy`: uint8 array ({c['accepted']}, {size}, {size}, {channels}), {colour}; "
         "`np.load(path, mmap_mode='r')`; train on `x / 127.5 - 1`.",
-        "- `index.csv`: one row per image: crop id, source sha256, source URL, page, licence, fetch time.",
+        "- `index.csv`: one row per image: crop id, source sha256, source URL, page, licence, fetch time"
+        + (", label." if report.get("labels") else "."),
         "- `report.json`, `report.md`: every check, threshold and quarantined crop with its reason.",
         "- `accepted.png`: a sample of the images; `rejected-<reason>.png`: quarantined crops by reason.",
         "",
@@ -302,8 +330,8 @@ def dataset_card(report: dict, index: list[dict]) -> str:
     lines += [f"| {name} | {rule} | {counts.get(name, 0)} |" for name, rule in thresholds(report["config"])]
     lines += [
         "",
-        f"Hard checks (stop the pipeline): at least {report['config']['min_images']} accepted crops; "
-        f"every crop decodes and is {size}x{size}, RGB, uint8.",
+        f"Hard checks (stop the pipeline): at least {report['config']['min_images']} accepted {item}s; "
+        f"every {item} decodes and is {size}x{size}, {colour}, uint8.",
         "",
         "## Takedown",
         "",
