@@ -13,30 +13,16 @@ tallies live in device tensors changed in place, so a step replayed as a CUDA gr
 and the current `p`.
 """
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from models import ddp
+from models.config import TrainConfig, parse_policy  # the policy names live with the settings
 
-if TYPE_CHECKING:  # models.config checks policies with parse_policy below
-    from models.config import TrainConfig
-
-POLICIES = ("color", "translation", "cutout")
 TRANSLATION_RATIO, CUTOUT_RATIO = 1 / 8, 1 / 2  # DiffAugment's defaults
 # One row of uniforms per image and image set: for each transform one "apply?" draw, then its parameters.
 _COLUMNS = {"color": slice(0, 4), "translation": slice(4, 7), "cutout": slice(7, 10)}
 DRAWS = 10
 SETS = 3  # the real batch, the fake batch in D's turn, the fake batch in G's turn
-
-
-def parse_policy(policy: str) -> tuple[str, ...]:
-    """'color,translation' -> ('color', 'translation'); '' -> (); an unknown name is a ValueError."""
-    names = tuple(name.strip() for name in policy.split(",") if name.strip())
-    unknown = [name for name in names if name not in POLICIES]
-    if unknown:
-        raise ValueError(f"unknown augmentation {unknown[0]!r}: use a comma-separated list of {POLICIES}")
-    return names
 
 
 def _color(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

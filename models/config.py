@@ -3,7 +3,18 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from common.config import StrictModel
-from models.augment import parse_policy
+
+# DiffAugment's transforms (models/augment.py); named here so reading a config never imports torch.
+POLICIES = ("color", "translation", "cutout")
+
+
+def parse_policy(policy: str) -> tuple[str, ...]:
+    """'color,translation' -> ('color', 'translation'); '' -> (); an unknown name is a ValueError."""
+    names = tuple(name.strip() for name in policy.split(",") if name.strip())
+    unknown = [name for name in names if name not in POLICIES]
+    if unknown:
+        raise ValueError(f"unknown augmentation {unknown[0]!r}: use a comma-separated list of {POLICIES}")
+    return names
 
 
 class TrainConfig(StrictModel):
