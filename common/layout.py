@@ -1,75 +1,61 @@
 """The data root: where each stage reads and writes (see docs/DESIGN.md, "Data root")."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class DataRoot:
+    """Every path under one data root. Roots compare by `root` alone: the rest follows from it."""
+
     root: Path
+    # set in __init__, from root; not compared (equal roots have equal paths)
+    raw_dir: Path = field(init=False, compare=False, repr=False)
+    raw_manifest: Path = field(init=False, compare=False, repr=False)
+    faces_dir: Path = field(init=False, compare=False, repr=False)
+    faces_manifest: Path = field(init=False, compare=False, repr=False)
+    datasets_dir: Path = field(init=False, compare=False, repr=False)
+    latest_dataset: Path = field(init=False, compare=False, repr=False)
+    validate_store: Path = field(init=False, compare=False, repr=False)
+    runs_dir: Path = field(init=False, compare=False, repr=False)
+    latest_run: Path = field(init=False, compare=False, repr=False)
+    exports_dir: Path = field(init=False, compare=False, repr=False)
 
     def __init__(self, root: str | Path = "data") -> None:
-        object.__setattr__(self, "root", Path(root).expanduser().resolve())
-
-    # scrape
-    @property
-    def raw_dir(self) -> Path:
-        return self.root / "raw"
-
-    @property
-    def raw_manifest(self) -> Path:
-        return self.raw_dir / "manifest.sqlite"
+        root = Path(root).expanduser().resolve()
+        paths = {
+            "root": root,
+            # scrape
+            "raw_dir": root / "raw",
+            "raw_manifest": root / "raw" / "manifest.sqlite",
+            # preprocess
+            "faces_dir": root / "faces",
+            "faces_manifest": root / "faces" / "manifest.sqlite",
+            # validate: snapshots, `latest` (a symlink to the newest), and the store of cached
+            # measurements, quarantine and releases (validate.store owns its schema)
+            "datasets_dir": root / "datasets",
+            "latest_dataset": root / "datasets" / "latest",
+            "validate_store": root / "datasets" / "validate.sqlite",
+            # train: runs, and `latest`, a symlink to the newest finished run
+            "runs_dir": root / "runs",
+            "latest_run": root / "runs" / "latest",
+            # export
+            "exports_dir": root / "exports",
+        }
+        for name, path in paths.items():
+            object.__setattr__(self, name, path)
 
     def raw_path(self, sha256: str, ext: str) -> Path:
         return self.raw_dir / sha256[:2] / f"{sha256}.{ext}"
 
-    # preprocess
-    @property
-    def faces_dir(self) -> Path:
-        return self.root / "faces"
-
-    @property
-    def faces_manifest(self) -> Path:
-        return self.faces_dir / "manifest.sqlite"
-
     def crop_path(self, sha256: str, face_index: int) -> Path:
         return self.faces_dir / f"{sha256}-{face_index}.png"
-
-    # validate
-    @property
-    def datasets_dir(self) -> Path:
-        return self.root / "datasets"
-
-    @property
-    def latest_dataset(self) -> Path:
-        """A symlink to the newest snapshot folder."""
-        return self.datasets_dir / "latest"
 
     def dataset_dir(self, dataset_id: str) -> Path:
         return self.datasets_dir / dataset_id
 
-    @property
-    def validate_store(self) -> Path:
-        """Cached measurements, the quarantine and releases (validate.store owns its schema)."""
-        return self.datasets_dir / "validate.sqlite"
-
-    # train
-    @property
-    def runs_dir(self) -> Path:
-        return self.root / "runs"
-
     def run_dir(self, run: str) -> Path:
         return self.runs_dir / run
-
-    @property
-    def latest_run(self) -> Path:
-        """A symlink to the newest finished run."""
-        return self.runs_dir / "latest"
-
-    # export
-    @property
-    def exports_dir(self) -> Path:
-        return self.root / "exports"
 
     def export_dir(self, run: str) -> Path:
         return self.exports_dir / run
