@@ -51,6 +51,7 @@ class ImageSet:
     name: str
     images: np.ndarray  # (N, S, S, C) uint8 at the size both trainers are measured at
     epochs: int  # main.py's --niter: images seen = epochs x N
+    flip: bool = True  # our random mirroring; off for digits, as the pipeline has it (a mirrored 7 is no 7)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Job:
     seed: int
     folder: Path  # the image set's files (images.npy, png/, mnist/) and this job's output folder
     epochs: int
+    flip: bool
     batch: int
     width: int
     overrides: tuple[tuple[str, str], ...]
@@ -71,11 +73,11 @@ def image_sets(args: argparse.Namespace) -> list[ImageSet]:
     scale = 0.25 if args.quick else 1.0  # --quick: a quarter of the images seen
     makers = {
         "faces": lambda: ImageSet("faces", face_crops(args.photos, 64, 2048), 10),
-        "digits": lambda: ImageSet("digits", mnist_digits(32), 4),
+        "digits": lambda: ImageSet("digits", mnist_digits(32), 4, flip=False),
         "painted": lambda: ImageSet("painted", painted_faces(512, 64), 40),
     }
     chosen = [makers[name]() for name in args.datasets]
-    return [ImageSet(s.name, s.images, max(1, round(s.epochs * scale))) for s in chosen]
+    return [ImageSet(s.name, s.images, max(1, round(s.epochs * scale)), s.flip) for s in chosen]
 
 
 # -- the files each trainer reads ------------------------------------------------------------------
@@ -127,6 +129,7 @@ def our_config(job: Job, images: np.ndarray) -> TrainConfig:
         batch_size=job.batch,
         steps=steps,
         seed=job.seed,
+        flip=job.flip,
         device="cpu",
         cpu_threads=1,
         sample_every=max(1, steps // 4),
@@ -323,12 +326,13 @@ def main() -> None:
                     seed,
                     folder,
                     image_set.epochs,
+                    image_set.flip,
                     args.batch,
                     args.width,
                     overrides,
                     args.reference,
                     n,
-                )  # fmt: skip
+                )
                 for seed in args.seeds
                 for trainer in args.trainers
             ]

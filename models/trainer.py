@@ -5,7 +5,8 @@ batch, then G once through the updated D, as pytorch/examples' dcgan/main.py doe
 differences that make it fast: the dataset sits on the device as uint8 (models.data), D returns
 logits (models.loss: safe under bf16 autocast), D's weights get no gradients in G's step, a whole
 step replays as one CUDA graph (models.cuda_graph), and the loop waits for the GPU only every
-`log_every` steps, when it reads the losses back. G's average: models.ema; grids and SWD:
+`log_every` steps, when it reads the losses back. What D sees is augmented (models.augment), with
+random numbers drawn outside the step. G's average: models.ema; grids and SWD:
 models.evaluate; warnings and metrics.jsonl: models.watch; checkpoint files: models.checkpoint.
 Under torchrun there is one Trainer per process, and models.ddp keeps them in step.
 """

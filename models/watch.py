@@ -93,9 +93,10 @@ class Watch:
         """Diversity of the fixed-noise samples relative to real images; warns when they collapse."""
         ratio = diversity(fake) / max(diversity(real), 1e-8)
         low = ratio < self.config.collapse_diversity
-        self.was_diverse = self.was_diverse or not low
         # A freshly initialised G draws near-identical images: that is no collapse until samples have
-        # once been diverse, or training is past its warm-up and they still are not.
+        # once been clearly diverse (twice the threshold: a young run hovers about it), or training is
+        # past its warm-up and they still are not.
+        self.was_diverse = self.was_diverse or ratio >= 2 * self.config.collapse_diversity
         now = low and (self.was_diverse or step >= self.config.collapse_warmup)
         if now and not self.collapsed:
             self._warn(

@@ -22,7 +22,7 @@ def faces(n: int = 8, size: int = 32) -> torch.Tensor:
 
 
 def augment(policy: str, p: float = 1.0) -> Augment:
-    return Augment(TrainConfig(augment=policy, augment_p=p), torch.device("cpu"))
+    return Augment(TrainConfig(augment=policy, augment_p=p, augment_target=None), torch.device("cpu"))
 
 
 def uniforms(n: int, seed: int = 0) -> torch.Tensor:

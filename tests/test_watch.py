@@ -45,6 +45,21 @@ def test_copies_of_a_few_faces_read_as_collapsed_whatever_noise_sits_on_them(fac
     assert diversity(other) / yardstick > 0.8  # other real faces are as diverse as real faces
 
 
+def test_a_young_run_hovering_about_the_threshold_is_no_collapse_until_it_was_clearly_diverse(faces):
+    real, other = faces[:64], faces[64:128]
+    mean = other.mean(dim=0, keepdim=True)
+
+    def spread(share: float) -> torch.Tensor:  # other faces pulled towards their mean: less diverse
+        return mean + share * (other - mean)
+
+    watch = Watch(TrainConfig(collapse_warmup=100))
+    assert 0.15 < watch.samples(50, spread(0.2), real) < 0.3  # just above the threshold
+    assert watch.samples(60, spread(0.1), real) < 0.15 and not watch.collapsed  # and below again
+    assert watch.samples(70, spread(1.0), real) > 0.3  # clearly diverse now
+    assert watch.samples(80, spread(0.02), real) < 0.15 and watch.collapsed
+    assert len(watch.warnings) == 1 and "step 80: mode collapse" in watch.warnings[0]
+
+
 def test_one_noisy_reading_neither_vetoes_nor_raises_the_overpower_warning():
     watch = Watch(TrainConfig(watch_window=10))
     # The pattern of a real run: D's loss near zero, with a few rows where G briefly fooled it.
