@@ -57,9 +57,13 @@ def preprocess_on_dask(config: PreprocessConfig, data_dir: str, force: bool = Fa
     )
 
 
-def run_on_dask(config: PreprocessConfig, data_dir: str, force: bool = False) -> StageReport:
-    """The preprocess-on-dask subflow on the cluster `config.dask_address` names."""
-    return preprocess_on_dask.with_options(task_runner=dask_task_runner(config))(config, data_dir, force)
+def run_on_dask(
+    config: PreprocessConfig, data_dir: str, force: bool = False, timeout: float | None = None
+) -> StageReport:
+    """The preprocess-on-dask subflow on the cluster `config.dask_address` names; `timeout` (seconds,
+    [timeouts] preprocess) bounds the whole subflow, as it bounds the preprocess task otherwise."""
+    subflow = preprocess_on_dask.with_options(task_runner=dask_task_runner(config), timeout_seconds=timeout)
+    return subflow(config, data_dir, force)
 
 
 def dask_task_runner(config: PreprocessConfig):

@@ -124,7 +124,7 @@ def run_preprocess(
 ) -> StageReport:
     """The preprocess task, or with `dask_address` set its subflow: one task per batch on Dask."""
     if config.dask_address:
-        return run_on_dask(config, data_dir, force)
+        return run_on_dask(config, data_dir, force, timeouts.seconds("preprocess"))
     return run_stage(preprocess_task, config, data_dir, force, timeouts)
 
 
