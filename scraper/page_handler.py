@@ -1,6 +1,7 @@
 """What a page means: its links (within depth, hosts and trap limits) and images go to the frontier,
-its row to the manifest. An unchanged page (304) replays the links and images stored last time; a
-page that opts out (X-Robots-Tag, <meta name="robots">) passes the opt-out on to its images.
+its row to the manifest, less any URL taken down. An unchanged page (304) replays the links and images
+stored last time; a page that opts out (X-Robots-Tag, <meta name="robots">) passes the opt-out on to
+its images.
 """
 
 import json
@@ -68,13 +69,13 @@ class PageHandler:
         row["last_modified"] = fetched.headers.get("Last-Modified")
         if fetched.status == 304 and (previous := self.manifest.page_row(out.url)):
             row = previous | {"status": "not_modified", "http_status": 304}
-            content = PageContent.from_row(previous)
+            content = self._without_forgotten(PageContent.from_row(previous))
         elif fetched.status != 200 or fetched.stopped:
             error = fetched.stopped or f"HTTP {fetched.status}"
             self.manifest.finish_page(item.url, row | {"status": "failed", "error": error}, [], {})
             return ItemDone("pages_failed")
         else:
-            content = self._read(fetched, out.url)
+            content = self._without_forgotten(self._read(fetched, out.url))
             row |= {"status": "fetched"} | content.row()
         found, capped = self._found(item, out.url, content)
         added, over = self.manifest.finish_page(item.url, row, found, self.limits)
@@ -99,6 +100,13 @@ class PageHandler:
         header = header_opt_out(fetched.robots_tags, self.token)
         nofollow = bool({"nofollow", "none"} & page.robots) or header == "none"
         return PageContent(page.links, page.images, header or directives_opt_out(page.robots), nofollow)
+
+    def _without_forgotten(self, content: PageContent) -> PageContent:
+        """The page's content less the URLs taken down: a page that still shows a forgotten image (or
+        links to a forgotten page) must not write its URL back into `pages` or the frontier."""
+        links = [url for url in content.links if not self.manifest.forgotten(url)]
+        images = [c for c in content.images if not self.manifest.forgotten(c.url)]
+        return PageContent(links, images, content.opt_out, content.nofollow)
 
     def _found(self, item: Item, page_url: str, content: PageContent) -> tuple[list[Item], int]:
         """Frontier items for the page's links (unless nofollow) and its first `max_images_per_page`

@@ -263,6 +263,8 @@ def test_forgetting_a_page_takes_down_the_images_listed_on_it_even_those_never_f
         crawl(scrape_config(web, [host.url("/")]), root)
         assert host.requests("/bob.html") and not host.requests("/img/2.jpg")
         assert len(host.requests("/ann.html")) == 1
+        # and writes neither URL back: not in the index page's links, bob's images or the frontier
+        assert traces.search(root, tmp_path / "scratch") == traces.nowhere()
 
 
 def test_an_export_is_redacted_when_it_showed_the_image_or_its_snapshot_is_gone_and_kept_otherwise(tmp_path):
