@@ -1,14 +1,17 @@
 """[preprocess] dask_address: batches run as Prefect tasks on a Dask cluster and give the same crops."""
 
 import sqlite3
+import threading
 from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, TaskRunFilter, TaskRunFilterName
 
 from common.layout import DataRoot
+from flows.config import TimeoutsConfig
 from flows.pipeline import preprocess_flow
 from preprocess.config import PreprocessConfig
+from preprocess.manifest import open_manifest
 from tests.preprocess_data import add_raw_files
 
 
@@ -38,3 +41,42 @@ def test_batches_run_on_a_local_dask_cluster(prefect_harness, photos_dir, tmp_pa
     # A second run finds nothing left to do: the batches are recorded like local ones.
     again = preprocess_flow(data_dir=str(root.root), preprocess=config)
     assert again["counts"]["processed"] == 0 and again["counts"]["skipped"] == 6
+
+
+def test_the_preprocess_timeout_bounds_the_dask_subflow_and_the_next_run_loses_nothing(
+    prefect_harness, photos_dir, tmp_path
+):
+    """[timeouts] preprocess = 2 while another writer holds the faces manifest for 6 s: the stage cannot
+    finish in time, so the preprocess-on-dask subflow ends TimedOut and the flow fails; once the writer
+    is gone, the next run crops every photo."""
+    photos = sorted((photos_dir / "webmorph-neutral").glob("*.jpg"))[:4]
+    root = DataRoot(tmp_path / "data")
+    shas = add_raw_files(root, [p.read_bytes() for p in photos])
+    root.faces_dir.mkdir(parents=True)
+    open_manifest(root.faces_manifest).close()
+    writer = sqlite3.connect(root.faces_manifest, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")  # another process writing, as far as preprocess can tell
+    release = threading.Timer(6, writer.rollback)
+    release.start()
+    config = PreprocessConfig(dask_address="local", workers=1, batch_size=2)
+    started = datetime.now(UTC)
+    try:
+        state = preprocess_flow(
+            data_dir=str(root.root),
+            preprocess=config,
+            timeouts=TimeoutsConfig(preprocess=2),
+            return_state=True,
+        )
+    finally:
+        release.join()
+        writer.close()
+
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        subflows = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["preprocess-on-dask"]))
+        )
+    (subflow,) = [r for r in subflows if r.start_time and r.start_time >= started]
+    assert subflow.state.name == "TimedOut" and "exceeded timeout of 2.0 second(s)" in subflow.state.message
+    again = preprocess_flow(data_dir=str(root.root), preprocess=config)
+    assert again["counts"]["processed"] == 4 and crops(root) == {f"{sha}-0" for sha in shas}
