@@ -10,7 +10,9 @@ it is not, as StyleGAN2-ADA does with its r_t = E[sign(D(real))] heuristic.
 
 The random numbers are drawn outside the training step (`draw`) and passed in, and `p` and the r_t
 tallies live in device tensors changed in place, so a step replayed as a CUDA graph sees new draws
-and the current `p`.
+and the current `p`. At p = 0 every transform is the identity, so none runs (`active`): adaptive
+augmentation costs only its tally until D starts to overfit (a captured step is captured again when
+that changes, models.cuda_graph).
 """
 
 import torch
@@ -74,12 +76,22 @@ class Augment:
         # ADA starts at p = 0 and lets the heuristic raise it; a fixed p is used as given.
         start = 0.0 if self.target is not None else config.augment_p
         self.p = torch.full((), start if self.policy else 0.0, device=device)
+        self._p = float(self.p)  # the host's copy: p changes only in set_p
         self.speed = config.augment_speed  # images over which p may move by 1
         self.signs = torch.zeros(2, device=device)  # sum of sign(D(real)) and how many were summed
 
     @property
     def enabled(self) -> bool:
         return bool(self.policy)
+
+    @property
+    def active(self) -> bool:
+        """Whether D sees transformed images now (not at p = 0, where each transform is the identity)."""
+        return self.enabled and self._p > 0
+
+    def set_p(self, value: float) -> None:
+        self.p.fill_(value)
+        self._p = value
 
     def draw(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """This step's uniforms, (SETS, batch, DRAWS); empty when augmentation is off (no draws taken)."""
@@ -88,8 +100,9 @@ class Augment:
         return torch.rand(SETS, batch, DRAWS, device=self.p.device, generator=generator)
 
     def __call__(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """`x` through the policy's transforms with the uniforms `u` (batch, DRAWS); x itself when off."""
-        if not self.enabled:
+        """`x` through the policy's transforms with the uniforms `u` (batch, DRAWS); x itself when off
+        or at p = 0."""
+        if not self.active:
             return x
         for name in self.policy:
             column = u[:, _COLUMNS[name]]
@@ -111,8 +124,7 @@ class Augment:
             return None
         r_t = float(sums[0] / sums[1])
         step = float(sums[1]) / self.speed  # images judged since the last adjustment
-        new_p = min(max(float(self.p) + (step if r_t > self.target else -step), 0.0), 1.0)
-        self.p.fill_(new_p)
+        self.set_p(min(max(self._p + (step if r_t > self.target else -step), 0.0), 1.0))
         return r_t
 
     def figures(self, dist: ddp.Dist) -> dict[str, float]:
@@ -120,5 +132,5 @@ class Augment:
         if not self.enabled:
             return {}
         r_t = self.adjust(ddp.mean(self.signs, dist) * dist.world_size)
-        row = {"augment_p": round(float(self.p), 4)}
+        row = {"augment_p": round(self._p, 4)}
         return row if r_t is None else row | {"r_t": round(r_t, 4)}

@@ -4,10 +4,11 @@ A small GAN's step is a few hundred small kernels, and launching them one by one
 longer than running them (docs/training.md, "Why CUDA graphs"). `GraphedStep` runs the first steps
 eagerly on a side stream (cuDNN autotuning, the optimisers' state), then captures one whole update
 over static input buffers; every later step copies its inputs into those buffers and replays it.
-Disabled (CPU, fp16, DDP), it simply calls the update.
+A step that changes shape on the host's say (augmentation switched on or off) names a `variant`, and
+a new variant is captured afresh. Disabled (CPU, fp16, DDP), it simply calls the update.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -36,13 +37,20 @@ class GraphedStep:
         self._inputs: tuple[torch.Tensor, ...] = ()  # the graph's input buffers
         self._outputs: dict[str, torch.Tensor] = {}  # the figures each replay writes
         self._eager_steps = 0  # since the last drop: a graph is captured after a few
+        self._variant: Hashable = None  # which form of the update the graph holds
 
     @property
     def captured(self) -> bool:
         return self._graph is not None
 
-    def __call__(self, update: Update, inputs: tuple[torch.Tensor, ...], measure: bool) -> dict:
-        """One step on `inputs`; with `measure`, the figures to log (tensors), else {}."""
+    def __call__(
+        self, update: Update, inputs: tuple[torch.Tensor, ...], measure: bool, variant: Hashable = None
+    ) -> dict:
+        """One step on `inputs`; with `measure`, the figures to log (tensors), else {}. `variant`
+        names the form `update` takes now: a graph of another form is dropped and captured again."""
+        if variant != self._variant:
+            self.drop()
+            self._variant = variant
         if self._graph is not None:
             for buffer, value in zip(self._inputs, inputs, strict=True):
                 buffer.copy_(value)

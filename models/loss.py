@@ -96,7 +96,7 @@ class GANLoss:
 
     def _seen(self, images: torch.Tensor, draws: torch.Tensor, which: int) -> torch.Tensor:
         """The images as D sees them: augmented with the `which`-th set of draws, when augmenting."""
-        return self.augment(images, draws[which]) if self.augment.enabled else images
+        return self.augment(images, draws[which]) if self.augment.active else images
 
     def discriminator(
         self, real: torch.Tensor, fake: torch.Tensor, draws: torch.Tensor

@@ -177,7 +177,8 @@ class Trainer:
         real = self.real_batch()
         z = torch.randn(len(real), self.config.nz, 1, 1, device=self.device, generator=self.gen)
         draws = self.augment.draw(len(real), self.gen)  # none when augmentation is off
-        figures = self.graphed_step(self._update, (real, z, draws), measure)  # eager, or a graph's replay
+        inputs = (real, z, draws)
+        figures = self.graphed_step(self._update, inputs, measure, variant=self.augment.active)  # or a replay
         self.ema.update(self.step)
         self.step += 1
         return figures
@@ -266,7 +267,7 @@ class Trainer:
         if metrics.get("best_swd") is not None:
             self.best_swd = float(metrics["best_swd"])
         if metrics.get("augment_p") is not None:  # an adaptive p goes on from where it was
-            self.augment.p.fill_(float(metrics["augment_p"]))
+            self.augment.set_p(float(metrics["augment_p"]))
         note = restore_rng(
             self.gen, ckpt["rng"], self.dist, shard_seed(self.config.seed, self.dist.rank, self.step)
         )

@@ -91,12 +91,15 @@ def test_generated_images_get_gradients_through_the_augmentation():
 
 def test_adaptive_probability_rises_while_d_is_sure_of_real_images_and_falls_when_not():
     aug = Augment(TrainConfig(augment="color", augment_target=0.6, augment_speed=1000), torch.device("cpu"))
-    assert float(aug.p) == 0.0  # ADA starts without augmentation
+    x, u = faces(), uniforms(8)
+    assert float(aug.p) == 0.0 and not aug.active  # ADA starts without augmentation,
+    assert aug(x, u) is x  # and at p = 0 no transform runs
     aug.tally(torch.full((100,), 3.0), midpoint=0.0)  # every real image judged real: r_t = 1
     assert aug.adjust(aug.signs.clone()) == 1.0 and float(aug.p) == pytest.approx(0.1)
+    assert aug.active and not torch.equal(aug(x, torch.zeros(8, DRAWS)), x)  # u = 0 < p: applied
     aug.tally(torch.tensor([1.0] * 50 + [-1.0] * 50), midpoint=0.0)  # r_t = 0, below the target
     aug.adjust(aug.signs.clone())
-    assert float(aug.p) == pytest.approx(0.0, abs=1e-6)
+    assert float(aug.p) == pytest.approx(0.0, abs=1e-6) and not aug.active
     aug.tally(torch.tensor([-1.0] * 100), midpoint=0.0)
     aug.adjust(aug.signs.clone())
     assert float(aug.p) == 0.0  # never below 0

@@ -82,16 +82,34 @@ def exact_cuda():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved_tf32
 
 
-def test_replayed_cuda_graph_trains_exactly_like_eager_steps(root, tmp_path, exact_cuda):
+def twelve_steps(trainer: Trainer, switch_on_at: int | None) -> list[dict]:
+    """Twelve measured steps; at step `switch_on_at` adaptive augmentation's p goes from 0 to 0.5."""
+    figures = []
+    for step in range(12):
+        if step == switch_on_at:
+            trainer.augment.set_p(0.5)
+        figures.append(trainer.train_step(measure=True))
+    return figures
+
+
+@pytest.mark.parametrize(
+    "augment, switch_on_at",
+    [({"augment": ""}, None), ({"augment_target": None, "augment_p": 0.5}, None), ({}, 6)],
+    ids=["no augmentation", "fixed p", "adaptive p switched on mid-run"],
+)
+def test_replayed_cuda_graph_trains_exactly_like_eager_steps(
+    root, tmp_path, exact_cuda, augment, switch_on_at
+):
     # The same run with and without CUDA graphs: after the first eager steps every step is a replay
-    # on new inputs, and it computes the very same weights and figures as the eager steps.
+    # on new inputs, and it computes the very same weights and figures as the eager steps, with the
+    # augmentation of each step's draws, and when augmentation switches on (a new graph is captured).
     dataset_dir, dataset_id = latest_dataset(root)
     runs = {}
     for graphs in (False, True):
-        config = gpu(cuda_graphs=graphs, precision="fp32")
+        config = gpu(cuda_graphs=graphs, precision="fp32", **augment)
         trainer = Trainer(config, dataset_dir / "images.npy", tmp_path / str(graphs), dataset_id)
         exact_cuda()
-        runs[graphs] = trainer, [trainer.train_step(measure=True) for _ in range(12)]
+        runs[graphs] = trainer, twelve_steps(trainer, switch_on_at)
     (eager, eager_figures), (graphed, graphed_figures) = runs[False], runs[True]
     assert graphed.graphed_step.captured and not eager.graphed_step.captured
     for key, value in eager.g_raw.state_dict().items():
