@@ -37,6 +37,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.photos import PHOTOS, face_crops, mnist_digits, painted_faces
+from common.config import parse_setting
 from models.config import TrainConfig
 from models.data import fit_images, to_uint8
 from models.dcgan import Generator
@@ -251,17 +252,6 @@ HEADER = (
     "| set | images seen | noise floor | SWD ours by seed | ours | SWD reference by seed | reference | "
     "ours / reference | target met | watch warnings (ours) |\n|---|---:|---:|---|---:|---|---:|---:|---|---:|"
 )
-
-
-def parse_setting(text: str) -> tuple[str, object]:
-    """KEY=VALUE with VALUE read as a TOML value (5e-4, true, "x"), else as plain text."""
-    import tomllib
-
-    key, _, value = text.partition("=")
-    try:
-        return key.strip(), tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return key.strip(), value
 
 
 def parse_args() -> argparse.Namespace:

@@ -6,15 +6,21 @@ shifts up to --images, written once as PNG files (for the reference) and as imag
 
     python bench/train.py                              # CPU here: widths 32 and 64, batch 64, 64x64
     python bench/train.py --device cuda --batch 128 --widths 64 --steps 200 --warmup 20 [--compile] [--swd]
+    python bench/train.py ... --set augment_target=0 --set augment_p=1    # our settings changed (here:
+                                                                          # augmentation always on)
 
 Both trainers run --warmup steps first (cuDNN autotuning, compilation, our CUDA graph capture,
 worker start-up), then --steps timed steps, in alternating --rounds so that a shared machine's
 changing load falls on both. The reference's time includes its data loading, as that is part of how
-it trains; ours includes its on-device batching. `--swd` also prints the SWD of both trainers'
+it trains; ours includes its on-device batching. Beside images per second (wall time) it prints CPU
+milliseconds per image, of this process and its children (the reference's DataLoader workers): on a
+shared machine the load moves wall time far more than CPU time. `--swd` also prints the SWD of both trainers'
 samples after those steps (models.metrics), so speed is not bought with quality.
 """
 
 import argparse
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -32,6 +38,7 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.photos import PHOTOS, face_crops  # noqa: E402
+from common.config import parse_setting  # noqa: E402
 from common.files import atomic_symlink  # noqa: E402
 from common.layout import DataRoot  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
@@ -152,26 +159,56 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_for(step, device: torch.device, steps: int) -> float:
+def _live_descendants_cpu() -> float:
+    """CPU seconds so far of this process's live descendants (the reference's DataLoader workers), from
+    /proc: utime and stime are the 14th and 15th fields of /proc/<pid>/stat, in clock ticks."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    mine, ticks, grew = {os.getpid()}, 0, True
+    while grew:
+        found = {pid for pid, (parent, _) in stats.items() if parent in mine} - mine
+        mine |= found
+        ticks += sum(stats[pid][1] for pid in found)
+        grew = bool(found)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its descendants, alive or ended: a shared machine's load changes
+    wall time far more than it changes this."""
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime + _live_descendants_cpu()
+
+
+def seconds_for(step, device: torch.device, steps: int) -> tuple[float, float]:
+    """Wall and CPU seconds of `steps` steps."""
     sync(device)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     for _ in range(steps):
         step()
     sync(device)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_seconds() - cpu
 
 
-def race(steps: dict, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
-    """Images per second of each trainer, timed in alternating rounds so that a change in the load of a
-    shared machine falls on both alike."""
+def race(steps: dict, device: torch.device, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Each trainer's images per second (wall) and CPU milliseconds per image, timed in alternating
+    rounds so that a change in the load of a shared machine falls on both alike."""
     for step in steps.values():
         seconds_for(step, device, args.warmup)
-    total = dict.fromkeys(steps, 0.0)
+    wall, cpu = dict.fromkeys(steps, 0.0), dict.fromkeys(steps, 0.0)
     per_round = max(1, args.steps // args.rounds)
     for _ in range(args.rounds):
         for name, step in steps.items():
-            total[name] += seconds_for(step, device, per_round)
-    return {name: per_round * args.rounds * args.batch / seconds for name, seconds in total.items()}
+            w, c = seconds_for(step, device, per_round)
+            wall[name] += w
+            cpu[name] += c
+    images = per_round * args.rounds * args.batch
+    return {name: (images / wall[name], 1000 * cpu[name] / images) for name in steps}
 
 
 def parse_args() -> argparse.Namespace:
@@ -189,6 +226,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile our networks (CUDA)")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--swd", action="store_true", help="also compare sample quality (SWD) after training")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for our [train] settings")
     return parser.parse_args()
 
 
@@ -200,7 +238,7 @@ def describe(device: torch.device, args: argparse.Namespace) -> str:
     )
     return (
         f"device: {name}; batch {args.batch}; {args.image_size}x{args.image_size}; {args.images} images; "
-        f"{args.warmup} warm-up + {args.steps} timed steps"
+        f"{args.warmup} warm-up + {args.steps} timed steps; our settings: {args.set or 'defaults'}"
     )
 
 
@@ -216,6 +254,7 @@ def bench_width(width: int, data: BenchData, device: torch.device, args: argpars
         progress_bar=False,
         tensorboard=False,
         eval_samples=min(1024, args.images),
+        **dict(map(parse_setting, args.set)),
     )
     trainer = Trainer(config, data.npy, data.where / f"ours-{width}", "bench")
     steps = {"ours": trainer.train_step}
@@ -223,8 +262,10 @@ def bench_width(width: int, data: BenchData, device: torch.device, args: argpars
         reference = Reference(config, data.folder, device)
         steps["reference"] = reference.train_step
     mode = trainer.precision + (", CUDA graph" if trainer.use_graphs else "")
-    row = {"width": width, "precision": mode} | race(steps, device, args)
-    print(f"width {width}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in row.items() if k in steps))
+    row: dict = {"width": width, "precision": mode}
+    for name, (per_second, cpu_ms) in race(steps, device, args).items():
+        row |= {name: per_second, f"{name}_cpu": cpu_ms}
+        print(f"width {width}: {name} {per_second:.1f} img/s, {cpu_ms:.2f} CPU ms per image")
     if args.swd:
         real = data.images[: min(1024, len(data.images))]
         row["swd_ours"] = swd(real, to_uint8(trainer.sample(trainer.eval_noise)))
@@ -253,7 +294,7 @@ def main() -> None:
 
 
 def print_table(table: list[dict], swd: bool) -> None:
-    columns = ["ngf = ndf", "ours (img/s)", "reference (img/s)", "speed-up"]
+    columns = ["ngf = ndf", "ours (img/s)", "reference (img/s)", "speed-up", "CPU ms/image ours", "reference"]
     columns += ["SWD ours", "SWD reference"] if swd else []
     print("\n| " + " | ".join(columns) + " |")
     print("|" + "---:|" * len(columns))
@@ -261,6 +302,7 @@ def print_table(table: list[dict], swd: bool) -> None:
         ref = row.get("reference")
         cells = [str(row["width"]), f"{row['ours']:.1f} ({row['precision']})"]
         cells += [f"{ref:.1f}", f"{row['ours'] / ref:.2f}x"] if ref else ["-", "-"]
+        cells += [f"{row['ours_cpu']:.2f}", f"{row['reference_cpu']:.2f}" if ref else "-"]
         if swd:
             cells += [f"{row[k]:.1f}" if k in row else "-" for k in ("swd_ours", "swd_reference")]
         print("| " + " | ".join(cells) + " |")

@@ -70,6 +70,18 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise BadInputError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
 
 
+def parse_setting(item: str) -> tuple[str, Any]:
+    """A command line's `--set KEY=VALUE`: the value as TOML reads it (steps=1000 is a number,
+    augment="" an empty string), else as a bare string (device=cpu)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise BadInputError(f"--set {item!r}: write KEY=VALUE, e.g. --set steps=1000")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value.strip()
+
+
 def describe_errors(error: ValidationError, source: str, table: str | None = None) -> str:
     """One line per problem, naming the table and key as the user wrote them.
 

@@ -9,25 +9,16 @@ import argparse
 import logging
 import os
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from common.config import parse_model, read_toml
+from common.config import parse_model, parse_setting, read_toml
 from common.layout import DataRoot
 from common.report import BadInputError
 from models.config import TrainConfig
 from models.train import train
 
 DESCRIPTION = "Train the DCGAN (or the MLP GAN) on the latest dataset snapshot: fast, resumable, watched."
-
-
-def _parse_value(text: str) -> Any:
-    """A `--set` value as TOML reads it (steps=1000 is a number), else as a bare string (device=cpu)."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def load_train_config(path: Path | None, overrides: list[str]) -> tuple[TrainConfig, str]:
@@ -37,11 +28,7 @@ def load_train_config(path: Path | None, overrides: list[str]) -> tuple[TrainCon
     if path is not None:
         doc = read_toml(path)
         table, data_dir = dict(doc.get("train", {})), doc.get("data_dir", data_dir)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise BadInputError(f"--set {item!r}: write KEY=VALUE, e.g. --set steps=1000")
-        table[key.strip()] = _parse_value(value.strip())
+    table |= dict(map(parse_setting, overrides))
     return parse_model(TrainConfig, table, str(path or "settings"), table="train"), data_dir
 
 

@@ -50,7 +50,7 @@ class TrainConfig(StrictModel):
         ge=0,
         le=1,
         description="Adaptive augmentation (ADA): p starts at 0 and moves so that the mean sign of D's "
-        "outputs on real images stays near this target (0.6 in StyleGAN2-ADA); none: p is augment_p.",
+        "outputs on real images stays near this target (0.6 in StyleGAN2-ADA); 0 (none): p is augment_p.",
     )
     augment_speed: int = Field(100_000, ge=1, description="Images over which adaptive p can move by 1.")
     spectral_norm: bool = Field(False, description="Spectral norm on D's layers (instead of batch norm).")
@@ -60,6 +60,11 @@ class TrainConfig(StrictModel):
     @classmethod
     def _known_policy(cls, value: str) -> str:
         return ",".join(parse_policy(value))
+
+    @field_validator("augment_target")
+    @classmethod
+    def _zero_is_fixed(cls, value: float | None) -> float | None:
+        return value or None  # TOML has no null: `augment_target = 0` turns adaptation off
 
     # How it runs: the CUDA speed-ups are used only on a CUDA device.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")

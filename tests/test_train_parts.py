@@ -102,6 +102,11 @@ def test_command_line_config_names_the_bad_key(tmp_path):
         load_train_config(path, ["batch_size=0"])
     with pytest.raises(BadInputError, match=r"\[train\] stepz"):
         load_train_config(Path(path), ["stepz=3"])
+    with pytest.raises(BadInputError, match=r"--set 'steps 3': write KEY=VALUE"):
+        load_train_config(path, ["steps 3"])
+    assert load_train_config(path, ['augment=""', "augment_p = 0.5"])[0].augment == ""
+    fixed = load_train_config(path, ["augment_target=0", "augment_p=0.5"])[0]  # TOML has no null
+    assert fixed.augment_target is None and fixed.augment_p == 0.5
 
 
 def test_a_fresh_generators_alike_samples_are_no_collapse_until_the_warmup_ends():
