@@ -7,14 +7,17 @@ the same number of images seen, over several seeds, on three image sets:
 
     python -m bench.quality --reference /path/to/examples/dcgan/main.py    # ~20k images seen, 3 seeds
     python -m bench.quality --reference ... --quick                        # a smoke run, a few minutes
-    python -m bench.quality --reference ... --datasets faces --set augment= --set spectral_norm=true
+    python -m bench.quality --reference ... --datasets faces --set augment='""' --set spectral_norm=true
+    python -m bench.quality --reference ... --device cuda --batch 128 --images-seen 640000 --jobs 6
 
 main.py is run as it is, through its own command line (kept out of this repository: pass its path).
 Its generator is fixed at 64 px, so on the 32 px digits it trains at 64 px (its MNIST loader resizes the
 28 px digits) and its samples are shrunk to 32 px before they are measured. It reads a folder of PNG
 files (ImageFolder) for the faces and idx files for the digits, which this benchmark writes. Its samples
 come from its last epoch's generator in training mode, as main.py draws its own sample images; ours
-from the averaged generator (EMA) in eval mode.
+from the averaged generator (EMA) in eval mode. On the CPU each run has one thread and main.py loads
+its data in its own process (`--workers 0`); with `--device cuda` ours uses its GPU defaults (bf16,
+CUDA graphs) and main.py gets `--accel` and its default two loader processes.
 
 Printed: SWD x1000 (models.metrics, lower is better) of each run's samples against a fixed random sample
 of the real images, mean +- sd per trainer and set, ours/reference, the real-vs-real noise floor, and
@@ -22,6 +25,8 @@ our runs' watch warnings. Sample grids, ours beside the reference's for each see
 """
 
 import argparse
+import multiprocessing
+import os
 import shutil
 import statistics
 import struct
@@ -68,6 +73,7 @@ class Job:
     overrides: tuple[tuple[str, str], ...]
     reference: Path | None
     samples: int
+    device: str = "cpu"
 
 
 def image_sets(args: argparse.Namespace) -> list[ImageSet]:
@@ -78,6 +84,8 @@ def image_sets(args: argparse.Namespace) -> list[ImageSet]:
         "painted": lambda: ImageSet("painted", painted_faces(512, 64), 40),
     }
     chosen = [makers[name]() for name in args.datasets]
+    if args.images_seen:  # the same images seen on every set, in whole epochs (main.py's unit)
+        return [ImageSet(s.name, s.images, -(-args.images_seen // len(s.images)), s.flip) for s in chosen]
     return [ImageSet(s.name, s.images, max(1, round(s.epochs * scale)), s.flip) for s in chosen]
 
 
@@ -131,8 +139,8 @@ def our_config(job: Job, images: np.ndarray) -> TrainConfig:
         steps=steps,
         seed=job.seed,
         flip=job.flip,
-        device="cpu",
-        cpu_threads=1,
+        device=job.device,
+        cpu_threads=1 if job.device == "cpu" else 0,
         sample_every=max(1, steps // 4),
         log_every=max(1, steps // 16),
         checkpoint_every=10**9,
@@ -175,9 +183,10 @@ def run_reference(job: Job, images: np.ndarray) -> np.ndarray:
         *("--dataroot", str(job.folder / ("mnist" if grey else "png"))),
         *("--niter", str(job.epochs), "--batchSize", str(job.batch), "--imageSize", str(REFERENCE_SIZE)),
         *("--ngf", str(job.width), "--ndf", str(job.width), "--manualSeed", str(job.seed)),
-        *("--outf", str(out), "--workers", "0"),
+        *("--outf", str(out), "--workers", "0" if job.device == "cpu" else "2"),
+        *(() if job.device == "cpu" else ("--accel",)),
     ]
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(out)}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HOME": str(out)}
     with open(out / "log.txt", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=True, cwd=out)
     g = Generator(100, job.width, images.shape[3], REFERENCE_SIZE)
@@ -268,6 +277,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "faces-bench-quality")
     parser.add_argument("--quick", action="store_true", help="a quarter of the images seen, one seed")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both trainers run")
+    parser.add_argument("--images-seen", type=int, default=0, help="images seen per run (0: each set's own)")
     args = parser.parse_args()
     if "reference" in args.trainers and (args.reference is None or not args.reference.is_file()):
         parser.error("--reference must name pytorch/examples' dcgan/main.py (or pass --trainers ours)")
@@ -322,13 +333,16 @@ def main() -> None:
                     overrides,
                     args.reference,
                     n,
+                    args.device,
                 )
                 for seed in args.seeds
                 for trainer in args.trainers
             ]
             swds: dict[str, list[float]] = {}
             grids: dict[str, list] = {}
-            with ProcessPoolExecutor(args.jobs) as pool:
+            # CUDA cannot be used in a forked child of a process that has touched it: spawn then.
+            context = multiprocessing.get_context("spawn" if args.device == "cuda" else "fork")
+            with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
                 for job, samples, swd in pool.map(measure, jobs, [real] * len(jobs)):
                     swds.setdefault(job.trainer, []).append(swd)
                     grids.setdefault(job.trainer, []).append((job.seed, samples, swd))
