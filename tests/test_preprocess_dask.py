@@ -1,7 +1,9 @@
 """[preprocess] dask_address: batches run as Prefect tasks on a Dask cluster and give the same crops."""
 
 import sqlite3
+import sys
 import threading
+import time
 from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
@@ -43,12 +45,32 @@ def test_batches_run_on_a_local_dask_cluster(prefect_harness, photos_dir, tmp_pa
     assert again["counts"]["processed"] == 0 and again["counts"]["skipped"] == 6
 
 
+def waiting_in(thread: threading.Thread, module: str) -> bool:
+    """Whether `thread` is inside a function of the file `module` (e.g. blocked on a lock there)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(module):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def hold_until_timed_out(writer: sqlite3.Connection, flow_thread: threading.Thread, limit: float) -> None:
+    """Keep the write lock until the flow's thread has been blocked on it for longer than `limit`: the
+    subflow's own time started before that, so its timeout has fired whatever the machine's load."""
+    give_up = time.monotonic() + 240  # the flow failed before it got there: the asserts will say so
+    while not waiting_in(flow_thread, "preprocess/manifest.py") and time.monotonic() < give_up:
+        time.sleep(0.05)
+    time.sleep(limit + 1)
+    writer.rollback()
+
+
 def test_the_preprocess_timeout_bounds_the_dask_subflow_and_the_next_run_loses_nothing(
     prefect_harness, photos_dir, tmp_path
 ):
-    """[timeouts] preprocess = 2 while another writer holds the faces manifest for 6 s: the stage cannot
-    finish in time, so the preprocess-on-dask subflow ends TimedOut and the flow fails; once the writer
-    is gone, the next run crops every photo."""
+    """[timeouts] preprocess = 2 while another writer holds the faces manifest: the stage cannot finish
+    in time, so the preprocess-on-dask subflow ends TimedOut and the flow fails; once the writer is
+    gone, the next run crops every photo."""
     photos = sorted((photos_dir / "webmorph-neutral").glob("*.jpg"))[:4]
     root = DataRoot(tmp_path / "data")
     shas = add_raw_files(root, [p.read_bytes() for p in photos])
@@ -56,8 +78,8 @@ def test_the_preprocess_timeout_bounds_the_dask_subflow_and_the_next_run_loses_n
     open_manifest(root.faces_manifest).close()
     writer = sqlite3.connect(root.faces_manifest, isolation_level=None, check_same_thread=False)
     writer.execute("BEGIN IMMEDIATE")  # another process writing, as far as preprocess can tell
-    release = threading.Timer(6, writer.rollback)
-    release.start()
+    holder = threading.Thread(target=hold_until_timed_out, args=(writer, threading.current_thread(), 2))
+    holder.start()
     config = PreprocessConfig(dask_address="local", workers=1, batch_size=2)
     started = datetime.now(UTC)
     try:
@@ -68,7 +90,7 @@ def test_the_preprocess_timeout_bounds_the_dask_subflow_and_the_next_run_loses_n
             return_state=True,
         )
     finally:
-        release.join()
+        holder.join()
         writer.close()
 
     assert state.is_failed()
