@@ -21,18 +21,22 @@ CUDA graphs) and main.py gets `--accel` and its default two loader processes.
 
 Printed: SWD x1000 (models.metrics, lower is better) of each run's samples against a fixed random sample
 of the real images, mean +- sd per trainer and set, ours/reference, the real-vs-real noise floor, and
-our runs' watch warnings. Sample grids, ours beside the reference's for each seed, go to --out.
+our runs' watch warnings; then each trainer's mean CPU and wall seconds per run (a worker's own CPU
+time for ours, main.py's process for the reference). Sample grids, ours beside the reference's for
+each seed, go to --out.
 """
 
 import argparse
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,10 +291,39 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def measure(job: Job, real: np.ndarray) -> tuple[Job, np.ndarray, float]:
-    """Run `job`; its first samples for the grid and its SWD against the real sample."""
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its ended children (main.py's run, once it has returned)."""
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+
+
+@dataclass
+class Measured:
+    job: Job
+    samples: np.ndarray  # the first GRID, for the grid
+    swd: float
+    wall: float  # seconds of the run, training and sampling
+    cpu: float
+
+
+def measure(job: Job, real: np.ndarray) -> Measured:
+    """Run `job` (in a worker process): its samples' SWD against the real sample, its wall and CPU time."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
     samples = run_job(job)
-    return job, samples[:GRID], sliced_wasserstein(real, samples[: len(real)], seed=0)["mean"]
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    swd = sliced_wasserstein(real, samples[: len(real)], seed=0)["mean"]
+    return Measured(job, samples[:GRID], swd, wall, cpu)
+
+
+def time_line(name: str, runs: list[Measured]) -> str:
+    """The set's mean wall and CPU seconds per run, for each trainer."""
+    parts = []
+    for trainer in ("ours", "reference"):
+        mine = [m for m in runs if m.job.trainer == trainer]
+        if mine:
+            wall, cpu = statistics.mean(m.wall for m in mine), statistics.mean(m.cpu for m in mine)
+            parts.append(f"{trainer} {cpu:.0f} s CPU ({wall:.0f} s wall)")
+    return f"{name}, per run: " + ", ".join(parts)
 
 
 def keep_our_records(folder: Path, name: str, args: argparse.Namespace) -> list[int]:
@@ -305,6 +338,36 @@ def keep_our_records(folder: Path, name: str, args: argparse.Namespace) -> list[
     return counts
 
 
+def run_set(image_set: ImageSet, args: argparse.Namespace, overrides: tuple, folder: Path) -> tuple[str, str]:
+    """Every seed of every trainer on one set: its table row and its line of times."""
+    write_files(image_set, folder)
+    n = min(args.samples, len(image_set.images) // 2)
+    real = real_reference(image_set.images, n)
+    floor = swd_noise_floor(real_reference(image_set.images, 2 * n), seed=1)["mean"]
+    shared = dict(folder=folder, epochs=image_set.epochs, flip=image_set.flip, batch=args.batch)
+    shared |= dict(width=args.width, overrides=overrides, reference=args.reference)
+    shared |= dict(samples=n, device=args.device)
+    jobs = [
+        Job(trainer=trainer, set_name=image_set.name, seed=seed, **shared)
+        for seed in args.seeds
+        for trainer in args.trainers
+    ]
+    # CUDA cannot be used in a forked child of a process that has touched it: spawn then.
+    context = multiprocessing.get_context("spawn" if args.device == "cuda" else "fork")
+    runs: list[Measured] = []
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        for run in pool.map(measure, jobs, [real] * len(jobs)):
+            runs.append(run)
+            np.save(args.out / f"{image_set.name}-{run.job.trainer}-{run.job.seed}.npy", run.samples)
+            print(f"{image_set.name} {run.job.trainer} seed {run.job.seed}: SWD {run.swd:.1f}", flush=True)
+    grids = {t: [(r.job.seed, r.samples, r.swd) for r in runs if r.job.trainer == t] for t in args.trainers}
+    if len(grids) == 2:
+        print("grids:", save_side_by_side(image_set.name, grids, args.out))
+    swds = {trainer: [swd for _, _, swd in shown] for trainer, shown in grids.items()}
+    warnings = keep_our_records(folder, image_set.name, args)
+    return report(image_set, swds, floor, warnings), time_line(image_set.name, runs)
+
+
 def main() -> None:
     args = parse_args()
     overrides = tuple((k, v) for k, v in map(parse_setting, args.set))
@@ -312,47 +375,14 @@ def main() -> None:
     print(
         f"{args.width = }, {args.batch = }, seeds {args.seeds}, our settings {dict(overrides) or 'defaults'}"
     )
-    lines = [HEADER]
+    lines, times = [HEADER], []
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         for image_set in image_sets(args):
-            folder = Path(tmp) / image_set.name
-            write_files(image_set, folder)
-            n = min(args.samples, len(image_set.images) // 2)
-            real = real_reference(image_set.images, n)
-            floor = swd_noise_floor(real_reference(image_set.images, 2 * n), seed=1)["mean"]
-            jobs = [
-                Job(
-                    trainer,
-                    image_set.name,
-                    seed,
-                    folder,
-                    image_set.epochs,
-                    image_set.flip,
-                    args.batch,
-                    args.width,
-                    overrides,
-                    args.reference,
-                    n,
-                    args.device,
-                )
-                for seed in args.seeds
-                for trainer in args.trainers
-            ]
-            swds: dict[str, list[float]] = {}
-            grids: dict[str, list] = {}
-            # CUDA cannot be used in a forked child of a process that has touched it: spawn then.
-            context = multiprocessing.get_context("spawn" if args.device == "cuda" else "fork")
-            with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-                for job, samples, swd in pool.map(measure, jobs, [real] * len(jobs)):
-                    swds.setdefault(job.trainer, []).append(swd)
-                    grids.setdefault(job.trainer, []).append((job.seed, samples, swd))
-                    np.save(args.out / f"{image_set.name}-{job.trainer}-{job.seed}.npy", samples)
-                    print(f"{image_set.name} {job.trainer} seed {job.seed}: SWD {swd:.1f}", flush=True)
-            warnings = keep_our_records(folder, image_set.name, args)
-            lines.append(report(image_set, swds, floor, warnings))
-            if len(swds) == 2:
-                print("grids:", save_side_by_side(image_set.name, grids, args.out))
+            line, took = run_set(image_set, args, overrides, Path(tmp) / image_set.name)
+            lines.append(line)
+            times.append(took)
     print("\n" + "\n".join(lines))
+    print("\n" + "\n".join(times))
 
 
 if __name__ == "__main__":
