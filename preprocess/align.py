@@ -106,6 +106,8 @@ def _shrink_if_huge(bgr: np.ndarray, square: np.ndarray, factor: float) -> tuple
     x0, y0 = np.maximum(np.floor(square.min(axis=0)).astype(int) - 2, 0)
     x1, y1 = np.minimum(np.ceil(square.max(axis=0)).astype(int) + 3, (w, h))
     part = bgr[y0:y1, x0:x1]
+    if part.size == 0:  # the square lies wholly outside the photo: it is all padding, nothing to shrink
+        return bgr, square
     small = cv2.resize(
         part,
         (max(1, round(part.shape[1] / factor)), max(1, round(part.shape[0] / factor))),

