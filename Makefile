@@ -26,7 +26,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# The benchmarks (bench/photos.py and bench/site.py are their helpers, not benchmarks).
+# The benchmarks (bench/photos.py, bench/site.py and bench/timing.py are their helpers, not benchmarks).
 BENCHES := metrics preprocess scrape train validate
 
 bench: setup

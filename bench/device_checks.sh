@@ -16,10 +16,14 @@ DEVICE=.device
 prepare() {
     local reference=${1:?usage: device_checks.sh prepare /path/to/dcgan/main.py}
     rm -rf "$DEVICE" && mkdir -p "$DEVICE/whl"
+    # The versions this checkout's .venv (make setup) holds, so the GPU runs the code as tested here.
+    local pins
+    pins=$(.venv/bin/python -c 'import importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in (
+        "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "mlxtend")))') \
+        || { echo "run make setup first: the wheels' versions come from .venv" >&2; exit 1; }
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$DEVICE/whl" pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-        typing-inspection==0.4.5 typing-extensions==4.16.0 mlxtend==0.25.0 || exit 1
+        -d "$DEVICE/whl" $pins || exit 1
     cp -r ../shared/data/photos "$DEVICE/photos" && cp "$reference" "$DEVICE/dcgan_main.py" || exit 1
     du -sh "$DEVICE"
 }

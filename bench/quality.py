@@ -29,7 +29,6 @@ each seed, go to --out.
 import argparse
 import multiprocessing
 import os
-import resource
 import shutil
 import statistics
 import struct
@@ -46,6 +45,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench.photos import PHOTOS, face_crops, mnist_digits, painted_faces
+from bench.timing import cpu_seconds
 from common.config import parse_setting
 from models.config import TrainConfig
 from models.data import fit_images, to_uint8
@@ -289,12 +289,6 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.seeds, args.samples = args.seeds[:1], min(args.samples, 256)
     return args
-
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process and its ended children (main.py's run, once it has returned)."""
-    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
 
 
 @dataclass

@@ -19,8 +19,6 @@ samples after those steps (models.metrics), so speed is not bought with quality.
 """
 
 import argparse
-import os
-import resource
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.photos import PHOTOS, face_crops  # noqa: E402
+from bench.timing import cpu_seconds  # noqa: E402
 from common.config import parse_setting  # noqa: E402
 from common.files import atomic_symlink  # noqa: E402
 from common.layout import DataRoot  # noqa: E402
@@ -157,32 +156,6 @@ class Reference:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _live_descendants_cpu() -> float:
-    """CPU seconds so far of this process's live descendants (the reference's DataLoader workers), from
-    /proc: utime and stime are the 14th and 15th fields of /proc/<pid>/stat, in clock ticks."""
-    stats = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    mine, ticks, grew = {os.getpid()}, 0, True
-    while grew:
-        found = {pid for pid, (parent, _) in stats.items() if parent in mine} - mine
-        mine |= found
-        ticks += sum(stats[pid][1] for pid in found)
-        grew = bool(found)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process and its descendants, alive or ended: a shared machine's load changes
-    wall time far more than it changes this."""
-    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime + _live_descendants_cpu()
 
 
 def seconds_for(step, device: torch.device, steps: int) -> tuple[float, float]:

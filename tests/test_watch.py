@@ -84,25 +84,18 @@ def run(tmp_path: Path, images: np.ndarray, **settings) -> tuple[list[dict], lis
 WATCHED = dict(log_every=10, sample_every=50, eval_every=10_000, checkpoint_every=10_000, collapse_warmup=100)
 
 
+def run_on_digits(tmp_path: Path, count: int, **settings) -> tuple[list[dict], list[str]]:
+    """`run` on `count` MNIST digits at 32 px: one channel, batch 32, no mirroring (as for any digit set)."""
+    digits = dict(channels=1, batch_size=32, flip=False)
+    return run(tmp_path, mnist_digits(32, count), **(WATCHED | digits | settings))
+
+
 def test_a_collapsed_mlp_gan_on_digits_is_caught(tmp_path):
     # The seed experiments' MLP GAN with fast Adam (lr 2e-3, beta1 0.9): every sample becomes one glyph
     # under per-pixel speckle that made pixel distances look diverse.
-    logged, warnings = run(
-        tmp_path,
-        mnist_digits(32, 1000),
-        **WATCHED,
-        model="mlp",
-        channels=1,
-        nz=16,
-        ngf=16,
-        ndf=16,
-        batch_size=32,
-        lr_g=2e-3,
-        lr_d=2e-3,
-        beta1=0.9,
-        augment="",
-        flip=False,
-        steps=150,
+    fast_adam = dict(lr_g=2e-3, lr_d=2e-3, beta1=0.9)
+    logged, warnings = run_on_digits(
+        tmp_path, 1000, model="mlp", nz=16, ngf=16, ndf=16, augment="", steps=150, **fast_adam
     )
     collapsed = [r["step"] for r in logged if r.get("collapsed")]
     assert collapsed and collapsed[0] <= 100
@@ -110,19 +103,15 @@ def test_a_collapsed_mlp_gan_on_digits_is_caught(tmp_path):
 
 
 def test_a_discriminator_that_overpowers_its_generator_is_caught(tmp_path):
-    logged, warnings = run(
+    logged, warnings = run_on_digits(
         tmp_path,
-        mnist_digits(32, 1000),
-        **WATCHED,
-        channels=1,
+        1000,
         nz=16,
         ngf=8,
         ndf=8,
-        batch_size=32,
         lr_g=1e-5,  # G barely moves while D learns fast
         lr_d=2e-3,
         augment="",
-        flip=False,
         steps=120,
     )
     overpowered = [r["step"] for r in logged if r.get("overpowered")]
@@ -131,18 +120,7 @@ def test_a_discriminator_that_overpowers_its_generator_is_caught(tmp_path):
 
 
 def test_a_healthy_digits_run_raises_no_warning(tmp_path):
-    logged, warnings = run(
-        tmp_path,
-        mnist_digits(32, 2000),
-        **(WATCHED | {"collapse_warmup": 150}),
-        channels=1,
-        nz=32,
-        ngf=16,
-        ndf=16,
-        batch_size=32,
-        flip=False,
-        steps=200,
-    )
+    logged, warnings = run_on_digits(tmp_path, 2000, collapse_warmup=150, nz=32, ngf=16, ndf=16, steps=200)
     assert warnings == []
     assert not any(r.get("collapsed") or r.get("overpowered") for r in logged)
     assert [r for r in logged if "diversity" in r][-1]["diversity"] > 0.3  # it did learn varied digits
