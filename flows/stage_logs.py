@@ -1,8 +1,9 @@
 """The stages' own log lines in the Prefect run's Logs tab, not only on the console.
 
 Stage packages log with `logging.getLogger(__name__)` and know nothing of Prefect; while a stage runs,
-its warnings and errors (and whatever else the logging config lets through) also go to the task run
-(or flow run) that runs it, at their own level.
+their records also go to the task run (or flow run) that runs it, at their own level. A stage logger
+whose level nobody set logs at the level of Prefect's run loggers (INFO by default, PREFECT_LOGGING_LEVEL),
+so a stage's INFO lines (training's evaluations, a warm start) show beside Prefect's own.
 """
 
 import logging
@@ -36,11 +37,14 @@ def stage_logs_to_run() -> Iterator[None]:
         handler = RunLogHandler(task_run.flow_run_id, task_run.id)
     else:
         handler = RunLogHandler(context.flow_run.id, None)
-    loggers = [logging.getLogger(name) for name in STAGE_LOGGERS]
-    for logger in loggers:
+    run_level = logging.getLogger("prefect.task_runs").getEffectiveLevel()
+    levels = {logging.getLogger(name): logging.getLogger(name).level for name in STAGE_LOGGERS}
+    for logger, level in levels.items():
         logger.addHandler(handler)
+        logger.setLevel(level or run_level)  # a level set in the logging config wins
     try:
         yield
     finally:
-        for logger in loggers:
+        for logger, level in levels.items():
             logger.removeHandler(handler)
+            logger.setLevel(level)

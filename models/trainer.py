@@ -346,6 +346,8 @@ class Trainer:
         improved = False
         if due["eval"] and self.evaluator is not None:
             row |= self.evaluator.swd(self.sample)
+            # A line in the run's log at each evaluation: where no progress bar shows (workers, files).
+            log.info(progress_message(row, until))
             improved = row.get("swd", math.inf) < self.best_swd
             self.best_swd = min(self.best_swd, row.get("swd", math.inf))
         stop = ddp.any_rank(self.config.early_stop and self.watch.warned, self.device, self.dist)
@@ -355,7 +357,7 @@ class Trainer:
         if due["checkpoint"] or improved or stop:
             self._checkpoint(improved)
         if self.on_progress is not None:
-            self.on_progress(self.step, until, progress_message(row))
+            self.on_progress(self.step, until, progress_message(row, until))
         if stop:
             log.warning("early_stop: stopping at step %d", self.step)
         self._window = (time.perf_counter(), self.step)

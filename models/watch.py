@@ -117,10 +117,10 @@ class Watch:
         self.warnings.append(message)
 
 
-def progress_message(row: dict[str, Any]) -> str:
-    """A metrics row in a few words, for the stage's on_progress callback."""
-    parts = [f"step {row['step']}"]
-    for key in ("loss_d", "loss_g", "images_per_second", "swd"):
+def progress_message(row: dict[str, Any], until: int) -> str:
+    """A metrics row in a few words, for the stage's on_progress callback and the evaluation log line."""
+    parts = [f"step {row['step']} of {until}"]
+    for key in ("loss_d", "loss_g", "images_per_second", "augment_p", "swd"):
         if key in row:
             parts.append(f"{key} {row[key]:.3g}")
     return ", ".join(parts)

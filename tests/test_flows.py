@@ -191,6 +191,18 @@ def test_retry_policy_tells_transient_from_permanent():
 DATA_URI = re.compile(r"data:image/(?:png|jpeg);base64,([A-Za-z0-9+/=]+)")
 
 
+@pytest.fixture()
+def run_info_logs():
+    """Run loggers at INFO, Prefect's default (conftest quietens Prefect to WARNING)."""
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
 def test_stage_warnings_reach_the_task_runs_logs_at_warning_level(first_run):
     cfg = first_run[0].model_copy(deep=True)
     cfg.train.collapse_diversity, cfg.train.collapse_warmup = 0.999, 0  # any fresh G "collapses"
@@ -200,6 +212,15 @@ def test_stage_warnings_reach_the_task_runs_logs_at_warning_level(first_run):
     warnings = logs_saying("mode collapse", task_run_id=train_run.id)
     assert warnings, "the training warning never reached the task run's logs"
     assert {(log.level, log.name) for log in warnings} == {(logging.WARNING, "models.train")}
+
+
+def test_training_reports_each_evaluation_in_the_task_runs_logs(first_run, run_info_logs):
+    # A worker has no terminal, so no progress bar: the log is where a user watches training.
+    state = run(first_run[0], stages=["train"], force=True)
+    (train_run,) = task_runs(state)
+    lines = logs_saying("step 4 of 4", task_run_id=train_run.id)
+    assert [(log.level, log.name) for log in lines] == [(logging.INFO, "models.train")]
+    assert re.search(r"loss_d [\d.]+, loss_g [\d.]+, .*swd [\d.]+", lines[0].message), lines[0].message
 
 
 def test_artifacts_embed_small_images_and_no_relative_links(first_run):
@@ -223,17 +244,7 @@ def test_artifacts_embed_small_images_and_no_relative_links(first_run):
     assert all(re.fullmatch(r"[a-z0-9-]+", a.key) for a in artifacts if a.key)
 
 
-@pytest.fixture()
-def flow_run_info_logs():
-    """Flow run loggers at INFO, Prefect's default (conftest quietens Prefect to WARNING)."""
-    logger = logging.getLogger("prefect.flow_runs")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    yield
-    logger.setLevel(level)
-
-
-def test_a_stage_served_from_the_cache_says_so_and_since_when(first_run, flow_run_info_logs):
+def test_a_stage_served_from_the_cache_says_so_and_since_when(first_run, run_info_logs):
     cfg, _ = first_run
     run(cfg, stages=["export"])  # whatever ran before, the export is now cached
     state = run(cfg, stages=["export"])
