@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 from common.report import BadInputError
 
 Model = TypeVar("Model", bound=BaseModel)
+MAX_SEED = 2**32 - 1  # what numpy's legacy seeding and every torch device accept
 
 
 class StrictModel(BaseModel):

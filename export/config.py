@@ -2,14 +2,16 @@
 
 from pydantic import Field
 
-from common.config import StrictModel
+from common.config import MAX_SEED, StrictModel
 
 
 class ExportConfig(StrictModel):
     """What export writes and measures. Table `[export]` in faces.toml (docs/export.md)."""
 
     n_samples: int = Field(64, ge=1, description="Individual sample PNGs in exports/<run>/samples/.")
-    seed: int = Field(0, description="Fixes the grid's noise, the samples and every metric's randomness.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Fixes the grid's noise, the samples and every metric's randomness."
+    )
     interpolation_steps: int = Field(10, ge=2, description="Images from one latent to the next.")
     eval_samples: int = Field(
         1024,

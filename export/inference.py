@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.config import MAX_SEED
 from common.files import atomic_write_with
 from common.report import BadInputError
 
@@ -140,6 +141,10 @@ def sample(
     """Write n PNGs (sample-0000.png, ...) from an exported generator: the same seed, the same images."""
     if n < 1:
         raise BadInputError(f"-n {n}: ask for at least one sample")
+    if not 0 <= seed <= MAX_SEED:
+        raise BadInputError(f"--seed {seed}: a seed is a whole number from 0 to {MAX_SEED}")
+    if Path(out_dir).expanduser().exists() and not Path(out_dir).expanduser().is_dir():
+        raise BadInputError(f"--out {out_dir}: is a file; name a folder (it is made if missing)")
     generator, info = load_generator(model_path, device)
     images = generate(generator, latents(n, int(info["nz"]), seed), device)
     return save_images(images, Path(out_dir).expanduser())

@@ -2,7 +2,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from common.config import StrictModel
+from common.config import MAX_SEED, StrictModel
 
 # DiffAugment's transforms (models/augment.py); named here so reading a config never imports torch.
 POLICIES = ("color", "translation", "cutout")
@@ -38,7 +38,7 @@ class TrainConfig(StrictModel):
     beta2: float = Field(0.999, ge=0, lt=1)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     flip: bool = Field(True, description="Random horizontal flips of the real images.")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Fixes the initial weights, noise and data order.")
     augment: str = Field(
         "color,translation,cutout",
         description="DiffAugment policy: transforms applied to real and generated images before D "

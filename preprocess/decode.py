@@ -76,10 +76,10 @@ class EncodedImage:
         """RGB at 1/reduce of the size, for an image decoded whole (not a JPEG)."""
         size = (-(-self.width // reduce), -(-self.height // reduce))
         if upright.size == size:
-            return _to_rgb(upright)
+            return to_rgb(upright)
         if upright.mode in AVERAGEABLE:  # shrink before converting: the smaller copy is converted
-            return _to_rgb(upright.reduce(reduce))
-        return cv2.resize(_to_rgb(upright), size, interpolation=cv2.INTER_AREA)
+            return to_rgb(upright.reduce(reduce))
+        return cv2.resize(to_rgb(upright), size, interpolation=cv2.INTER_AREA)
 
 
 def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:
@@ -139,7 +139,7 @@ def _check_size(im: Image.Image, max_pixels: int) -> None:
         )
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
+def to_rgb(im: Image.Image) -> np.ndarray:
     """Any Pillow mode to RGB uint8: scale 16-bit down, composite alpha over white."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16- or 32-bit greyscale
         a = np.asarray(im, dtype=np.float64)

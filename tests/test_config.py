@@ -57,6 +57,13 @@ def test_out_of_range_value_names_key_and_value(tmp_path):
         load_config(write(tmp_path, "[train]\nbatch_size = 0\n"))
 
 
+@pytest.mark.parametrize("table", ["train", "export"])
+def test_a_negative_seed_is_named_when_the_config_is_read(tmp_path, table):
+    # Before, it passed here and failed inside numpy mid-stage, as a retryable error that named no key.
+    with pytest.raises(BadInputError, match=rf"\[{table}\] seed: .*greater than or equal to 0.*got -1"):
+        load_config(write(tmp_path, f"[{table}]\nseed = -1\n"))
+
+
 def test_bad_cron_and_timezone_are_errors(tmp_path):
     with pytest.raises(BadInputError) as e:
         load_config(write(tmp_path, '[schedule]\ncron = "every night"\ntimezone = "Mars/Olympus"\n'))

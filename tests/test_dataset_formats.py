@@ -367,3 +367,60 @@ def test_faces_dataset_prints_one_line_for_a_bad_file(tmp_path):
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"faces: error: {path}: truncated")
+
+
+def phone_folder(tmp_path: Path, photos_dir: Path, n: int) -> tuple[Path, list[np.ndarray]]:
+    """Real portraits as a phone stores them: big, JPEG, some sideways with an EXIF orientation."""
+    from PIL import Image
+
+    folder, upright = tmp_path / "phone", []
+    folder.mkdir()
+    for i, path in enumerate(sorted(photos_dir.rglob("*.jpg"))[:n]):
+        photo = Image.open(path).convert("RGB").resize((1800, 1800))
+        upright.append(np.asarray(photo))
+        if i % 2:  # stored turned a quarter, with the tag that turns it back (orientation 6)
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            photo.transpose(Image.Transpose.ROTATE_90).save(folder / f"p{i}.jpg", quality=92, exif=exif)
+        else:
+            photo.save(folder / f"p{i}.jpg", quality=92)
+    return folder, upright
+
+
+def test_a_folder_of_phone_photos_is_read_upright_and_one_photo_at_a_time(tmp_path, photos_dir):
+    import tracemalloc
+
+    folder, upright = phone_folder(tmp_path, photos_dir, n=8)
+    root = DataRoot(tmp_path / "data")
+    tracemalloc.start()
+    build_dataset(folder, root, CONFIG, name="phone", size=32)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    stored, index, _ = snapshot_of(root)
+    for row, image in zip(index, stored, strict=True):
+        expected = cv2.resize(upright[int(row["crop_id"][1:-4])], (32, 32), interpolation=cv2.INTER_AREA)
+        assert np.abs(image.astype(int) - expected).mean() < 4, row["crop_id"]  # JPEG's loss only
+    one_photo = upright[0].nbytes  # 9.7 MB: holding all eight would take 78 MB, reading one takes ~3 copies
+    assert peak < 5 * one_photo, f"peak {peak / 1e6:.0f} MB: the photos were held at full size"
+
+
+def test_16_bit_and_transparent_images_in_a_folder_read_as_preprocess_reads_them(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    greys = digits(6, size=32)
+    for i, grey in enumerate(greys):  # 16-bit greyscale, as scanners and microscopes write
+        Image.fromarray(grey.astype(np.uint16) * 257).save(folder / f"scan{i}.png")
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (0, 0, 0, 255)  # a black square on a transparent background
+    Image.fromarray(rgba).save(folder / "cutout.png")
+    root = DataRoot(tmp_path / "data")
+
+    build_dataset(folder, root, CONFIG, name="scans", channels=1)
+
+    stored, index, _ = snapshot_of(root)
+    by_name = dict(zip((r["crop_id"] for r in index), stored, strict=True))
+    for i, grey in enumerate(greys):
+        assert np.array_equal(by_name[f"scan{i}.png"][:, :, 0], grey)  # scaled down, not clipped to 255
+    assert by_name["cutout.png"][0, 0, 0] == 255 and by_name["cutout.png"][16, 16, 0] == 0  # over white

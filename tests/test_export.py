@@ -215,6 +215,11 @@ def test_sample_is_deterministic_for_a_seed_from_either_file(exported, tmp_path)
         )
     with pytest.raises(BadInputError, match="no generator at"):
         inference.sample(tmp_path / "missing.pt", 1, 0, tmp_path / "e")
+    with pytest.raises(BadInputError, match=r"--seed -1: a seed is a whole number from 0 to 4294967295"):
+        inference.sample(out / "generator.pt", 1, -1, tmp_path / "e")
+    (tmp_path / "a-file.png").write_bytes(b"")
+    with pytest.raises(BadInputError, match=r"a-file.png: is a file; name a folder"):
+        inference.sample(out / "generator.pt", 1, 0, tmp_path / "a-file.png")
 
 
 def test_unchanged_export_is_skipped_and_a_new_config_redone(exported):

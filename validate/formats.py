@@ -17,16 +17,18 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from common.files import sha256_bytes
 from common.report import BadInputError
+from preprocess.decode import to_rgb
 
 FOLDER_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 )
-GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 IDX_IMAGES, IDX_LABELS = 0x00000803, 0x00000801  # idx magic: unsigned bytes, 3 or 1 dimensions
 IDX_NAME = re.compile(r"images[.-]idx3-ubyte(\.gz)?$")
 CIFAR_NAME = re.compile(r"^(data_batch_\d+|test_batch|train|test)$")
@@ -55,14 +57,15 @@ class ImageSet:
             self.labels.append(labels[i] if labels else "")
 
 
-def read_image_set(path: Path) -> ImageSet:
-    """The images at `path`, whichever of the supported formats it is in."""
+def read_image_set(path: Path, size: int | None = None) -> ImageSet:
+    """The images at `path`, whichever of the supported formats it is in; a folder's photos are cut to
+    `size` as they are read (the other formats hold small images already)."""
     if path.is_dir():
         if idx_files := _idx_files(path):
             return read_idx(idx_files)
         if cifar := sorted(p for p in path.iterdir() if p.is_file() and CIFAR_NAME.match(p.name)):
             return read_cifar(cifar)
-        return read_folder(path)
+        return read_folder(path, size)
     if re.search(r"idx\d-ubyte(\.gz)?$", path.name):  # an idx file; its magic number says which kind
         return read_idx([path])
     if path.suffix in (".npy", ".npz"):
@@ -79,8 +82,10 @@ def read_image_set(path: Path) -> ImageSet:
 # --- a folder of images ---------------------------------------------------------------------------------
 
 
-def read_folder(folder: Path) -> ImageSet:
-    """Every image file below `folder`; the first sub-folder of a file's path is its label."""
+def read_folder(folder: Path, size: int | None = None) -> ImageSet:
+    """Every image file below `folder`, upright; the first sub-folder of a file's path is its label.
+    With `size`, each image is centre-cropped and resized as it is read, so a folder of phone photos
+    never sits in memory at full resolution."""
     found = ImageSet(holds=folder.resolve().name, format="folder", mirror_ok=True)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES)
     for path in files:
@@ -89,18 +94,37 @@ def read_folder(folder: Path) -> ImageSet:
             continue
         data = path.read_bytes()
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                image = np.asarray(im.convert("L" if im.mode in GREY_MODES else "RGB"))
+            image = _decode(data)
         except Exception as e:  # PIL raises many kinds for truncated or corrupt files
             found.unreadable.append((str(path), f"does not decode ({e})"))
             continue
-        found.images.append(image)
+        found.images.append(image if size is None else square(image, size))
         found.names.append(relative.as_posix())
         found.sources.append(path.resolve().as_uri())
         found.hashes.append(sha256_bytes(data))
         found.labels.append(relative.parts[0] if len(relative.parts) > 1 else "")
     return found
+
+
+def _decode(data: bytes) -> np.ndarray:
+    """Grey (H, W) or RGB (H, W, 3) uint8, turned upright by its EXIF orientation, 16-bit scaled down,
+    transparency over white: as preprocess decodes a photo."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        rgb = to_rgb(ImageOps.exif_transpose(im))
+        return np.ascontiguousarray(rgb[:, :, 0]) if im.mode in GREY_MODES else rgb
+
+
+def square(image: np.ndarray, size: int) -> np.ndarray:
+    """The centre square of an image, resized to size x size (unchanged when it already is)."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = np.ascontiguousarray(image[top : top + side, left : left + side])
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interpolation)
 
 
 # --- MNIST idx ------------------------------------------------------------------------------------------

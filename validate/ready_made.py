@@ -34,7 +34,7 @@ from scraper import manifest as raw_manifest
 from validate import snapshot
 from validate.checks import REASONS, NearDuplicateIndex, phash
 from validate.config import ValidateConfig
-from validate.formats import ImageSet, read_image_set
+from validate.formats import ImageSet, read_image_set, square
 from validate.judge import listing
 from validate.summary import outputs_of
 
@@ -69,7 +69,7 @@ def build_dataset(
     if not path.exists():
         raise BadInputError(f"faces dataset: {path}: no such file or folder; check the path")
     snapshot.clean_leftovers(root)  # a build killed earlier
-    found = read_image_set(path)
+    found = read_image_set(path, size)
     if not found.images:
         unreadable = listing([f"{f}: {why}" for f, why in found.unreadable])
         raise BadInputError(
@@ -110,7 +110,7 @@ def fit_images(found: ImageSet, size: int | None, channels: int | None) -> np.nd
     channels = channels or (1 if grey else 3)
     out = np.empty((len(found.images), size, size, channels), np.uint8)
     for i, image in enumerate(found.images):
-        out[i] = _square(_channels(image, channels), size).reshape(size, size, channels)
+        out[i] = square(_channels(image, channels), size).reshape(size, size, channels)
     return out
 
 
@@ -139,17 +139,6 @@ def _channels(image: np.ndarray, channels: int) -> np.ndarray:
     if image.ndim == 2:
         return image if channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if channels == 1 else image
-
-
-def _square(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return image
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = np.ascontiguousarray(image[top : top + side, left : left + side])
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interpolation)
 
 
 # --- checks ---------------------------------------------------------------------------------------------
