@@ -93,7 +93,7 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         width, height = im.size
         if im.getexif().get(ExifTags.Base.Orientation) in TURNED:
             width, height = height, width
-        return EncodedImage(data, width, height, im.format == "JPEG", max_pixels)
+        return EncodedImage(data, width, height, im.format in ("JPEG", "MPO"), max_pixels)
 
 
 def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp"}
-PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+# MPO: a JPEG that carries a second image after the first (phones' HDR gain maps and depth maps).
+PIL_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 SNIFF_BYTES = 64
 _REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")  # e.g. <_io.BytesIO object at 0x7fb3e…>
 

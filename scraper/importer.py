@@ -10,9 +10,11 @@ A second import of the same files reads none of them: each row keeps the file's 
 time (size and CRC inside an archive) in its `etag` column, and an unchanged file is skipped.
 """
 
+import os
 import re
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -54,6 +56,7 @@ class Source:
 class Found:
     sources: list[Source] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # files in folders that are not image files
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (shown, reason): unreadable in a folder
 
 
 def find_sources(paths: Iterable[str | Path]) -> Found:
@@ -67,9 +70,11 @@ def find_sources(paths: Iterable[str | Path]) -> Found:
     found = Found()
     for path in paths:
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            for child in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()):
                 if any(part.startswith(".") for part in child.relative_to(path).parts):
                     found.ignored.append(str(child))  # hidden: .DS_Store, ._photo.jpg, .git/
+                elif not child.exists():
+                    found.refused.append((str(child), f"a link to {os.readlink(child)}, which is missing"))
                 else:
                     _add_file(found, child, in_folder=True)
         else:
@@ -80,7 +85,12 @@ def find_sources(paths: Iterable[str | Path]) -> Found:
 def _add_file(found: Found, path: Path, in_folder: bool) -> None:
     """A photo, the photos of an archive, or (in a folder) a file that is not an image, ignored."""
     if path.suffix.lower() == ".zip" or (not in_folder and zipfile.is_zipfile(path)):
-        found.sources += _archive_members(path, found.ignored)
+        try:
+            found.sources += _archive_members(path, found)
+        except BadInputError as e:
+            if not in_folder:
+                raise  # named on the command line: the user meant this archive
+            found.refused.append((str(path), str(e).removeprefix(f"faces import: {path} ")))
     elif not in_folder or path.suffix.lower() in IMAGE_SUFFIXES:
         st = path.stat()
         url = path.resolve().as_uri()
@@ -89,7 +99,7 @@ def _add_file(found: Found, path: Path, in_folder: bool) -> None:
         found.ignored.append(str(path))
 
 
-def _archive_members(path: Path, ignored: list[str]) -> list[Source]:
+def _archive_members(path: Path, found: Found) -> list[Source]:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = sorted(archive.infolist(), key=lambda i: i.filename)
@@ -98,12 +108,18 @@ def _archive_members(path: Path, ignored: list[str]) -> list[Source]:
             f"faces import: {path} is not a readable zip archive ({e}); check the file"
         ) from None
     base, sources = path.resolve().as_uri(), []
+    # zipfile reads only the last of several members of one name: the others would be lost unnoticed.
+    shared = Counter(info.filename for info in infos)
     for info in infos:
         name = info.filename
-        if info.is_dir():
+        if info.is_dir() or shared[name] == 0:
             continue
         if Path(name).suffix.lower() not in IMAGE_SUFFIXES or "__MACOSX/" in name:
-            ignored.append(f"{path}:{name}")
+            found.ignored.append(f"{path}:{name}")
+            continue
+        if shared[name] > 1:
+            found.refused.append((f"{path}:{name}", f"{shared[name]} members share this name; rename them"))
+            shared[name] = 0  # refused once, for all of them
             continue
         url = f"{base}#{quote(name)}"
         signature = f"{info.file_size}-{info.CRC:08x}"
@@ -250,7 +266,7 @@ def import_photos(
                 progress(done, len(found.sources), outcome)  # no path: Prefect's database keeps it
         finally:
             importer.close()
-    return _report(root, found, outcomes, importer.refused, time.monotonic() - started)
+    return _report(root, found, outcomes, found.refused + importer.refused, time.monotonic() - started)
 
 
 def check_source_url(url: str | None) -> None:

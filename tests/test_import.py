@@ -270,3 +270,35 @@ def test_the_import_flow_imports_like_the_command(tmp_path, prefect_harness):
     result = import_flow(paths=[str(folder)], data_dir=str(tmp_path / "data"), licence="CC0")
     assert result["counts"]["imported"] == 2
     assert len(manifest_rows(DataRoot(tmp_path / "data"), "files", "sha256")) == 2
+
+
+def test_a_folder_as_people_keep_them_imports_every_readable_photo_and_names_the_rest(tmp_path, photos_dir):
+    from PIL import Image
+
+    folder = photo_folder(tmp_path, n=2)
+    portrait = Image.open(sorted(photos_dir.rglob("*.jpg"))[0]).convert("RGB")
+    # A phone's JPEG that carries a second image (an HDR gain map, a depth map): Pillow calls it MPO.
+    small = portrait.resize((portrait.width // 4, portrait.height // 4))
+    portrait.save(folder / "phone.jpg", "MPO", save_all=True, append_images=[small])
+    with zipfile.ZipFile(tmp_path / "holiday.zip", "w") as archive:
+        archive.writestr("beach.jpg", jpeg(96, 80, seed=3))
+    (folder / "holiday.zip").write_bytes((tmp_path / "holiday.zip").read_bytes()[:60])  # cut short
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    with zipfile.ZipFile(folder / "twice.zip", "w") as archive:
+        archive.writestr("a.jpg", jpeg(96, 80, seed=4))
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            archive.writestr("a.jpg", jpeg(96, 80, seed=5))
+        archive.writestr("b.jpg", jpeg(96, 80, seed=6))
+    root = DataRoot(tmp_path / "data")
+
+    report = run_import(root, folder)
+
+    reasons = {Path(r["file"]).name: r["reason"] for r in report.tables["refused"]}
+    assert reasons.keys() == {"holiday.zip", "gone.jpg", "twice.zip:a.jpg"}, reasons
+    assert (
+        reasons["holiday.zip"].startswith("is not a readable zip archive")
+        and "check the file" in reasons["holiday.zip"]
+    )
+    assert "missing" in reasons["gone.jpg"] and "2 members share this name" in reasons["twice.zip:a.jpg"]
+    assert report.counts["imported"] == 4  # p0, p1, phone.jpg and twice.zip:b.jpg
+    assert preprocess(PreprocessConfig(workers=1), root).counts["faces"] >= 1  # the phone's portrait
