@@ -68,10 +68,12 @@ class TimeoutsConfig(StrictModel):
 
 
 class NotifyConfig(StrictModel):
-    """Who hears of a failed or crashed run. Table `[notify]`."""
+    """Who hears of a failed or crashed run, or one whose training warned. Table `[notify]`."""
 
     webhook: str | None = Field(
-        None, description="URL that gets a JSON POST when a run fails or crashes (Slack-style `text`)."
+        None,
+        description="URL that gets a JSON POST when a run fails, crashes or its training warns "
+        "(Slack-style `text`).",
     )
     timeout_seconds: float = Field(10.0, gt=0, le=120, description="How long one POST may take (s).")
 

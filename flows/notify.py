@@ -1,4 +1,4 @@
-"""Telling someone when a run fails or crashes: a Prefect event, and a webhook POST when configured.
+"""Telling someone when a run fails, crashes or trains badly: a Prefect event, and a webhook POST.
 
 `notify_failure` is every flow's `on_failure` and `on_crashed` hook. It emits the event
 `faces.run.failed` (or `faces.run.crashed`) about the flow run, with its flow and deployment as related
@@ -6,17 +6,25 @@ resources and the reason in the payload, for Prefect automations; and when the r
 parameter (faces.toml's `[notify]`) names a `webhook`, it POSTs one short JSON message there. One
 attempt with a timeout, no retries: a webhook that is down costs a log line, never the run's own
 failure, which stays the reason the run failed.
+
+`notify_training_warnings` does the same (`faces.run.warned`, state "Warned") when the train stage
+trained and its watch warned (collapse, D overpowering G): the run completes, but an unattended
+nightly run that produced a bad generator must not go unnoticed.
 """
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State
+from prefect.context import get_run_context
 from prefect.events import emit_event
 from prefect.logging.loggers import flow_run_logger
 
+from common.report import StageReport
 from flows.config import NotifyConfig
 
 
@@ -28,22 +36,22 @@ def _deployment_name(flow_run: FlowRun, flow_name: str) -> str | None:
         return f"{flow_name}/{client.read_deployment(flow_run.deployment_id).name}"
 
 
-def failure_message(flow_name: str, flow_run: FlowRun, state: State, deployment: str | None) -> dict:
+def run_message(flow_name: str, flow_run: FlowRun, state: str, reason: str, deployment: str | None) -> dict:
     """The webhook's JSON: `text` for chat tools, and the same facts as fields."""
-    reason = " ".join((state.message or state.name or "").split())
+    reason = " ".join(reason.split())
     where = f" (deployment {deployment})" if deployment else ""
     return {
-        "text": f"faces: flow run '{flow_run.name}'{where} {state.name.lower()}: {reason}",
+        "text": f"faces: flow run '{flow_run.name}'{where} {state.lower()}: {reason}",
         "flow": flow_name,
         "flow_run": flow_run.name,
         "flow_run_id": str(flow_run.id),
         "deployment": deployment,
-        "state": state.name,
+        "state": state,
         "reason": reason,
     }
 
 
-def emit_failure_event(message: dict, flow_run: FlowRun) -> None:
+def emit_run_event(message: dict, flow_run: FlowRun) -> None:
     related: list[dict[str, str]] = [
         {
             "prefect.resource.id": f"prefect.flow.{flow_run.flow_id}",
@@ -84,14 +92,29 @@ def post_webhook(settings: NotifyConfig, message: dict, logger) -> None:
 
 def notify_failure(flow: Any, flow_run: FlowRun, state: State) -> None:
     """on_failure / on_crashed hook: the event, then the webhook when `[notify] webhook` is set."""
-    logger = flow_run_logger(flow_run, flow)
+    reason = state.message or state.name or ""
+    _notify(flow.name, flow_run, state.name, reason, flow_run_logger(flow_run, flow))
+
+
+def notify_training_warnings(report: StageReport) -> None:
+    """From the train task that trained and warned: the run's event and webhook, state "Warned"."""
+    warnings = [note.removeprefix("warning: ") for note in report.notes if note.startswith("warning: ")]
+    run = Path(report.outputs.get("run_dir", "?")).name
+    reason = f"training warned ({len(warnings)}): {'; '.join(warnings)}; see runs/{run}/run.json"
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(get_run_context().task_run.flow_run_id)
+        flow_name = client.read_flow(flow_run.flow_id).name
+    _notify(flow_name, flow_run, "Warned", reason, get_run_logger())
+
+
+def _notify(flow_name: str, flow_run: FlowRun, state: str, reason: str, logger: Any) -> None:
     try:
-        deployment = _deployment_name(flow_run, flow.name)
+        deployment = _deployment_name(flow_run, flow_name)
     except Exception as e:  # the alert must still go out when the server cannot be read
         logger.warning("could not read the run's deployment: %s", e)
         deployment = None
-    message = failure_message(flow.name, flow_run, state, deployment)
-    emit_failure_event(message, flow_run)
+    message = run_message(flow_name, flow_run, state, reason, deployment)
+    emit_run_event(message, flow_run)
     settings = NotifyConfig.model_validate(flow_run.parameters.get("notify") or {})
     if settings.webhook:
         post_webhook(settings, message, logger)

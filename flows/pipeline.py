@@ -25,7 +25,7 @@ from export.config import ExportConfig
 from flows.artifacts import announce_cached, run_published
 from flows.config import STAGES, NotifyConfig, Stage, TimeoutsConfig
 from flows.dask import run_on_dask
-from flows.notify import notify_failure
+from flows.notify import notify_failure, notify_training_warnings
 from flows.policies import RETRIES, content_cache_key, is_transient
 from flows.root_lock import data_root_lock
 from models import train as train_stage
@@ -68,8 +68,12 @@ def validate_task(config: ValidateConfig, data_dir: str, force: bool = False) ->
 def train_task(config: TrainConfig, data_dir: str, force: bool = False) -> StageReport:
     """Cached on the dataset snapshot's id and the whole training config.
 
-    A new snapshot starts a new run, by default from the previous run's networks (docs/training.md)."""
-    return run_published(train_stage.train, "train", config, data_dir, force)
+    A new snapshot starts a new run, by default from the previous run's networks (docs/training.md).
+    A run that trained and warned is told like a failure (a cached or skipped one is not told again)."""
+    report = run_published(train_stage.train, "train", config, data_dir, force)
+    if report.counts.get("warnings") and not report.skipped:
+        notify_training_warnings(report)
+    return report
 
 
 @task(name="export", cache_key_fn=content_cache_key(export_stage.input_fingerprint), **RETRIES)

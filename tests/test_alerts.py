@@ -9,11 +9,13 @@ import textwrap
 import pytest
 from prefect.settings import PREFECT_API_URL
 
+from common.layout import DataRoot
 from common.report import BadInputError
 from flows.config import NotifyConfig
-from flows.pipeline import scrape_flow, validate_flow
+from flows.pipeline import scrape_flow, train_flow, validate_flow
 from scraper.config import ScrapeConfig
 from tests.prefect_server import HeldSite, PrefectServer, WebhookReceiver, wait_until
+from tests.train_helpers import blobs, make_dataset, tiny
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -76,6 +78,35 @@ def test_a_successful_run_posts_nothing(tmp_path, receiver):
         assert "/" in site.requests()  # it did crawl
     assert result["counts"] is not None
     assert receiver.requests() == []
+
+
+def test_a_run_whose_training_warns_posts_one_warned_message_and_a_cached_rerun_none(tmp_path, receiver):
+    data_dir = tmp_path / "data"
+    make_dataset(DataRoot(data_dir), blobs(n=32))
+    config = tiny(steps=8, collapse_diversity=0.999, collapse_warmup=0)  # any fresh G "collapses"
+    notify = NotifyConfig(webhook=receiver.url("/hook"))
+    state = train_flow(data_dir=str(data_dir), train=config, notify=notify, return_state=True)
+    assert state.is_completed()  # the run itself completes: its generator exists, it is just bad
+    (message,) = receiver.messages()
+    assert message["state"] == "Warned" and message["flow_run"] == "train"
+    assert (
+        "training warned (1): step 4: mode collapse" in message["reason"] and "run.json" in message["reason"]
+    )
+    flow_run_id = str(state.state_details.flow_run_id)
+    server = harness_api()
+    events = wait_until(
+        lambda: [
+            e
+            for e in server.events("faces.run.warned")
+            if flow_run_id in e["resource"]["prefect.resource.id"]
+        ],
+        "the faces.run.warned event",
+        timeout=60,
+    )
+    assert "mode collapse" in events[0]["payload"]["reason"]
+
+    train_flow(data_dir=str(data_dir), train=config, notify=notify)  # served from the cache: told once
+    assert len(receiver.messages()) == 1
 
 
 def test_a_failing_webhook_does_not_mask_the_runs_own_failure(tmp_path):
