@@ -31,6 +31,8 @@ _SPECIAL = (  # why an address is refused, most specific first
     (ipaddress.ip_network("100.64.0.0/10"), "carrier-grade NAT (CGNAT)"),
     (ipaddress.ip_network("fc00::/7"), "IPv6 unique local (ULA)"),
 )
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d (RFC 4291)
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))  # RFC 6052, 8215
 
 
 class AddressRefused(Exception):
@@ -71,10 +73,19 @@ class AddressGuard:
         self._lock = threading.Lock()
 
     def check_ip(self, ip: str) -> str | None:
-        """None if the crawler may connect to `ip`, else why not."""
+        """None if the crawler may connect to `ip`, else why not. An IPv6 address that carries an
+        IPv4 one (6to4, NAT64, IPv4-compatible) reaches that one too: both must be allowed."""
         addr = ipaddress.ip_address(ip.split("%")[0])
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
             addr = addr.ipv4_mapped
+        if reason := self._refusal(addr):
+            return reason
+        inner = embedded_ipv4(addr)
+        if inner is not None and (reason := self._refusal(inner)):
+            return f"{addr} carries the IPv4 address {inner}: {reason}"
+        return None
+
+    def _refusal(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
         if any(addr in net for net in self.allowed):
             return None
         if addr.is_global and not addr.is_multicast:
@@ -102,6 +113,8 @@ class AddressGuard:
             addresses = self._resolve(host, port)
         except OSError as e:
             raise FetchError(f"cannot resolve {host}: {e}", transient=True) from None
+        except UnicodeError:  # getaddrinfo's idna codec: an empty label or one over 63 characters
+            raise FetchError(f"invalid host name {host[:100]!r}", transient=False) from None
         for ip in addresses:
             if reason := self.check_ip(ip):
                 return f"refused {host}: {reason}"
@@ -120,6 +133,30 @@ class AddressGuard:
         with self._lock:
             self._dns[(host, port)] = (now, addresses)
         return addresses
+
+
+def embedded_ipv4(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a 6to4, NAT64 (well-known or local-use prefix, /96 form) or IPv4-compatible
+    IPv6 address leads to, or None. (IPv4-mapped ones are judged as IPv4; Teredo is never global.)"""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return None
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    last32 = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if any(addr in net for net in _NAT64):
+        return last32
+    if addr in _IPV4_COMPATIBLE and int(addr) > 1:  # not :: or ::1
+        return last32
+    return None
+
+
+class _NoRedirects(requests.Session):
+    """A session that never resolves a redirect: the Fetcher checks and follows each hop itself.
+    requests works out the next hop even with allow_redirects=False, and raises outside its own
+    exceptions on a Location that is not UTF-8 or not a URL (`http://[::1/x`)."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
 
 
 def _guarded(base: type, guard: AddressGuard) -> type:
@@ -180,7 +217,7 @@ class Downloader:
         self.guard = guard
         self.timeout = timeout
         self.total_timeout = total_timeout
-        self.session = requests.Session()
+        self.session = _NoRedirects()
         self.session.trust_env = False  # no proxies from the environment: the SSRF guard must see the peer
         self.session.headers.update({"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate"})
         adapter = GuardedAdapter(guard, pool_connections=4, pool_maxsize=connections, pool_block=True)
@@ -232,6 +269,8 @@ class Downloader:
         except requests.RequestException as e:
             raise FetchError(f"network error: {_short(e)}", transient=True) from None
         with response:
+            if response.status_code in REDIRECT_STATUSES and "Location" in response.headers:
+                response.headers["Location"] = _location(response.headers["Location"])
             fetched = Fetched(url=url, status=response.status_code, headers=response.headers)
             fetched.robots_tags = response.raw.headers.getlist("X-Robots-Tag")
             if response.status_code == 200:
@@ -267,6 +306,9 @@ class Downloader:
                     raise FetchError(
                         f"body over the {max_bytes} byte limit; download stopped", transient=False
                     )
+        except requests.exceptions.ContentDecodingError as e:  # corrupt, or a Content-Encoding chain
+            # longer than urllib3 accepts: the same next time, so not a failure of the host
+            raise FetchError(f"cannot decode the body: {_short(e)}", transient=False) from None
         except requests.RequestException as e:
             raise FetchError(f"download broke off: {_short(e)}", transient=True) from None
         body = b"".join(chunks)
@@ -283,6 +325,14 @@ def _drain(response, limit: int = DRAIN_BYTES) -> None:
                 return  # not worth it: the connection is closed instead
     except requests.RequestException:
         pass
+
+
+def _location(value: str) -> str:
+    """A Location header read as UTF-8, as requests and browsers do (http.client reads Latin-1)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise FetchError(f"redirect Location is not UTF-8: {value[:200]!r}", transient=False) from None
 
 
 def declared_charset(content_type: str | None) -> str | None:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 from bs4 import BeautifulSoup, Tag
 
+from scraper.html_tree import Tree
+from scraper.robots import directive_words
 from scraper.urls import looks_like_image, normalize
 
 LAZY_SRC = ("data-src", "data-lazy-src", "data-original", "data-full-src", "data-lazy")
@@ -25,6 +27,7 @@ MIME_TYPES = {
     "image/bmp": "bmp",
 }
 MAX_TEXT = 1000
+MAX_SOURCES = 20  # <source>s read from one <picture> (a real one has a few)
 DEFAULT_FOLLOW = "a[href]"
 
 
@@ -145,10 +148,11 @@ def extract(
 ) -> Page:
     """Links to follow, image candidates, robots directives and licence of one HTML page."""
     soup = BeautifulSoup(html, "html.parser")
+    tree = Tree(soup, {"licence-link": _is_licence_link})
     urls = _PageUrls(soup, page_url, follow_pattern)
-    scopes = soup.select(image_scope) if image_scope else [soup]
-    licence = page_licence(soup, scopes, urls.absolute)
-    found = _Candidates(licence, json_ld_image_licences(soup, urls.absolute), urls.absolute)
+    scopes = _outermost(soup.select(image_scope), tree) if image_scope else [soup]
+    licence = page_licence(soup, scopes, urls.absolute, tree)
+    found = _Candidates(licence, json_ld_image_licences(soup, urls.absolute), urls.absolute, tree)
     for scope in scopes:
         _add_images(scope, soup, urls, found, allowed_types)
     return Page(
@@ -180,6 +184,10 @@ class _PageUrls:
         """With `follow_pattern`, the links it matches; without, every link but those to images."""
         return self.is_page_link(url) or (not self.pattern and not looks_like_image(url))
 
+    def largest(self, candidates: list[tuple[str, float, str]]) -> str | None:
+        """The largest candidate whose URL is a usable one (`http://[x/` is not), made absolute."""
+        return self.absolute(largest([c for c in candidates if self.absolute(c[0])]))
+
     def full_size(self, a: Tag | None) -> str | None:
         """The href of a link to a full-size image, unless it is a page we follow."""
         url = self.absolute(a.get("href")) if a is not None else None
@@ -190,10 +198,13 @@ class _Candidates:
     """Image candidates by URL, each with its alt text, caption and licence; a URL found twice
     keeps the first non-empty value of each."""
 
-    def __init__(self, page_licence: str | None, image_licences: dict[str, str], absolute) -> None:
+    def __init__(
+        self, page_licence: str | None, image_licences: dict[str, str], absolute, tree: Tree
+    ) -> None:
         self.page_licence = page_licence
         self.image_licences = image_licences  # JSON-LD ImageObject licences by image URL
         self.absolute = absolute
+        self.tree = tree
         self.by_url: dict[str, ImageCandidate] = {}
 
     def add(self, url: str | None, element: Tag | None, alt: str | None = None) -> None:
@@ -201,24 +212,34 @@ class _Candidates:
             return
         if alt is None and element is not None:
             alt = element.get("alt")
-        licence = self.image_licences.get(url) or _figure_licence(element, self.absolute) or self.page_licence
-        candidate = ImageCandidate(url=url, alt=_text(alt), caption=_caption(element), licence=licence)
+        figure = self.tree.ancestor(element, "figure") if element is not None else None
+        licence = self.image_licences.get(url) or self._figure_licence(figure) or self.page_licence
+        candidate = ImageCandidate(url=url, alt=_text(alt), caption=self._caption(figure), licence=licence)
         old = self.by_url.get(url)
         self.by_url[url] = _merge(old, candidate) if old else candidate
+
+    def _figure_licence(self, figure: Tag | None) -> str | None:
+        link = self.tree.first_inside(figure, "licence-link") if figure is not None else None
+        return self.absolute(link["href"]) if link is not None else None
+
+    def _caption(self, figure: Tag | None) -> str | None:
+        caption = self.tree.first_inside(figure, "figcaption") if figure is not None else None
+        return _text(self.tree.text(caption, MAX_TEXT)) if caption is not None else None
 
 
 def _add_images(
     scope: Tag, soup: BeautifulSoup, urls: _PageUrls, found: _Candidates, allowed_types: tuple[str, ...]
 ) -> None:
     """<img> (or the full-size image its link points to), image links without an <img>, og:image."""
+    tree = found.tree
     for img in scope.find_all("img"):
-        url = urls.full_size(img.find_parent("a")) or urls.absolute(_img_source(img, allowed_types))
+        url = urls.full_size(tree.ancestor(img, "a")) or urls.largest(_img_sources(img, tree, allowed_types))
         found.add(url, img)
     for a in scope.find_all("a", href=True):
-        if a.find("img") is None:
-            found.add(urls.full_size(a), a, alt=a.get("title") or a.get_text(" ", strip=True) or None)
+        if tree.first_inside(a, "img") is None and (url := urls.full_size(a)):
+            found.add(url, a, alt=a.get("title") or tree.text(a, MAX_TEXT) or None)
+    alt_meta = soup.find("meta", property="og:image:alt")
     for meta in scope.find_all("meta", property=re.compile(r"^og:image(:url|:secure_url)?$")):
-        alt_meta = soup.find("meta", property="og:image:alt")
         found.add(urls.absolute(meta.get("content")), None, alt=alt_meta.get("content") if alt_meta else None)
 
 
@@ -245,12 +266,12 @@ def meta_refresh(soup: BeautifulSoup) -> list[str]:
     return targets
 
 
-def _img_source(img: Tag, allowed_types: tuple[str, ...]) -> str | None:
-    """The largest source of an <img>, looking at its <picture> sources and lazy-loading attributes."""
+def _img_sources(img: Tag, tree: Tree, allowed_types: tuple[str, ...]) -> list[tuple[str, float, str]]:
+    """The sources of an <img>, looking at its <picture> sources and lazy-loading attributes."""
     candidates = []
-    picture = img.find_parent("picture")
+    picture = tree.ancestor(img, "picture")
     if picture is not None:
-        for source in picture.find_all("source"):
+        for source in tree.inside(picture, "source", MAX_SOURCES):
             mime = str(source.get("type") or "").lower()
             if mime and MIME_TYPES.get(mime) not in allowed_types:
                 continue  # e.g. image/avif: a format we do not keep
@@ -263,7 +284,7 @@ def _img_source(img: Tag, allowed_types: tuple[str, ...]) -> str | None:
     candidates += [c for c in parse_srcset(srcset) if not c[0].startswith("data:")]
     if src and not src.startswith("data:"):
         candidates.append((src, 1.0, "x"))
-    return largest(candidates)
+    return candidates
 
 
 def meta_robots(soup: BeautifulSoup, agent_token: str) -> set[str]:
@@ -271,17 +292,17 @@ def meta_robots(soup: BeautifulSoup, agent_token: str) -> set[str]:
     directives = set()
     for meta in soup.find_all("meta", attrs={"name": True, "content": True}):
         if str(meta["name"]).strip().lower() in names:
-            directives |= {d.strip().lower() for d in str(meta["content"]).split(",") if d.strip()}
+            directives |= set(directive_words(str(meta["content"])))  # `noai noimageai` too
     return directives
 
 
-def page_licence(soup: BeautifulSoup, scopes: list, absolute) -> str | None:
+def page_licence(soup: BeautifulSoup, scopes: list, absolute, tree: Tree) -> str | None:
     """rel=license links (within the image scope: a site's own text licence is often one), then
     JSON-LD `license` of the page, then <meta name="license">."""
     for scope in scopes:
         for tag in scope.find_all(["a", "link"], rel=True, href=True):
             rels = tag["rel"] if isinstance(tag["rel"], list) else str(tag["rel"]).split()
-            if "license" in [r.lower() for r in rels] and tag.find_parent("figure") is None:
+            if "license" in [r.lower() for r in rels] and tree.ancestor(tag, "figure") is None:
                 return absolute(tag["href"]) or str(tag["href"])
     for obj in _json_ld(soup):
         if obj.get("@type") != "ImageObject" and obj.get("license"):
@@ -302,23 +323,21 @@ def json_ld_image_licences(soup: BeautifulSoup, absolute) -> dict[str, str]:
 
 
 def _json_ld(soup: BeautifulSoup) -> list[dict]:
-    """Every JSON object in the page's JSON-LD blocks, nested ones included; bad JSON is skipped."""
+    """Every JSON object in the page's JSON-LD blocks, nested ones included, in document order; bad
+    JSON, or JSON nested deeper than the json module parses (RecursionError), is skipped."""
     objects: list[dict] = []
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            objects.append(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
     for script in soup.find_all("script", type="application/ld+json"):
         try:
-            walk(json.loads(script.string or ""))
-        except (ValueError, TypeError):
+            stack = [json.loads(script.string or "")]
+        except (ValueError, TypeError, RecursionError):
             continue
+        while stack:  # depth first without recursion: no nesting can overflow the stack
+            node = stack.pop()
+            if isinstance(node, dict):
+                objects.append(node)
+                stack.extend(reversed(list(node.values())))
+            elif isinstance(node, list):
+                stack.extend(reversed(node))
     return objects
 
 
@@ -332,18 +351,20 @@ def _licence_value(value, absolute) -> str | None:
     return absolute(value) if value.startswith(("http", "/")) else _text(value)
 
 
-def _figure_licence(element: Tag | None, absolute) -> str | None:
-    figure = element.find_parent("figure") if element is not None else None
-    if figure is None:
-        return None
-    link = figure.find(["a", "link"], rel="license", href=True)
-    return absolute(link["href"]) if link is not None else None
+def _is_licence_link(tag: Tag) -> bool:
+    """What find(["a", "link"], rel="license", href=True) matches (a figure's licence)."""
+    rel = tag.get("rel")
+    rels = rel if isinstance(rel, list) else [rel]
+    return tag.name in ("a", "link") and tag.get("href") is not None and "license" in rels
 
 
-def _caption(element: Tag | None) -> str | None:
-    figure = element.find_parent("figure") if element is not None else None
-    caption = figure.find("figcaption") if figure is not None else None
-    return _text(caption.get_text(" ", strip=True)) if caption is not None else None
+def _outermost(scopes: list[Tag], tree: Tree) -> list[Tag]:
+    """The `image_scope` matches less those inside another (whose elements that one already has)."""
+    kept: list[Tag] = []
+    for scope in scopes:  # in document order
+        if not kept or tree.pos[id(scope)] > tree.end[id(kept[-1])]:
+            kept.append(scope)
+    return kept
 
 
 def _text(value) -> str | None:

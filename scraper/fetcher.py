@@ -93,7 +93,8 @@ class Fetcher:
             return Outcome("response", url, fetched)
         target = normalize(location, url)
         if target is None:
-            return Outcome("failed", url, reason=f"redirect to a non-http(s) URL {location[:200]!r}")
+            reason = f"redirect to an invalid or non-http(s) URL {location[:200]!r}"
+            return Outcome("failed", url, reason=reason)
         if host_key(target) != host.key:
             return self._redirect_elsewhere(item, url, target, hops)
         return target
@@ -128,13 +129,22 @@ class Fetcher:
             raise FetchError(e.reason, transient=False) from None
 
     def _redirect_elsewhere(self, item: Item, source: str, target: str, hops: int) -> Outcome:
-        """Hand a cross-host redirect to the frontier as a new item that remembers its hops."""
+        """Hand a cross-host redirect to the frontier as a new item that remembers its hops and the
+        URLs that led to it. A target the frontier already has is not queued again: back along the
+        chain it is a loop, and an image must not vanish without a row (its target may be a page)."""
         if hops > self.config.max_redirects:
             return Outcome("failed", source, reason=f"more than {self.config.max_redirects} redirects")
         if reason := self.refusal(target):
             return Outcome("failed", source, reason=f"redirected to {target}: {reason}")
-        moved = Item(target, item.kind, host_key(target), item.depth, item.page_url, item.meta, hops)
+        chain = list(dict.fromkeys([*item.meta.get("redirected_from", []), item.url, source]))
+        if target in chain:
+            return Outcome("failed", source, reason=f"redirect loop: {source} redirects back to {target}")
+        meta = item.meta | {"redirected_from": chain}
+        moved = Item(target, item.kind, host_key(target), item.depth, item.page_url, meta, hops)
         added, _ = self.manifest.enqueue([moved], {})
+        if not added and item.kind == "image":
+            reason = f"redirected to {target}, which this crawl already has (as a page or another image)"
+            return Outcome("failed", source, reason=reason)
         return Outcome("redirected", target, added=added)
 
     def _conditional_headers(self, url: str, kind: str) -> dict[str, str]:

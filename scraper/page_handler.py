@@ -15,7 +15,7 @@ from scraper.extract import ImageCandidate, extract
 from scraper.fetcher import Fetcher
 from scraper.hosts import Host, HostGivenUp
 from scraper.manifest import Item, Manifest
-from scraper.robots import directives_opt_out, header_opt_out
+from scraper.robots import directives_opt_out, header_directives, header_opt_out
 from scraper.urls import host_key
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -97,9 +97,10 @@ class PageHandler:
             agent_token=self.token,
             allowed_types=tuple(c.allowed_types),
         )
-        header = header_opt_out(fetched.robots_tags, self.token)
-        nofollow = bool({"nofollow", "none"} & page.robots) or header == "none"
-        return PageContent(page.links, page.images, header or directives_opt_out(page.robots), nofollow)
+        opt_out = header_opt_out(fetched.robots_tags, self.token) or directives_opt_out(page.robots)
+        header = set(header_directives(fetched.robots_tags, self.token))  # obeyed as the meta tag is
+        nofollow = bool({"nofollow", "none"} & (page.robots | header))
+        return PageContent(page.links, page.images, opt_out, nofollow)
 
     def _without_forgotten(self, content: PageContent) -> PageContent:
         """The page's content less the URLs taken down: a page that still shows a forgotten image (or
@@ -139,7 +140,7 @@ def _decode_html(fetched: Fetched) -> str | bytes:
     if charset:
         try:
             return fetched.body.decode(charset, errors="replace")
-        except LookupError:
+        except (LookupError, ValueError):  # unknown, or a codec (idna, undefined) that raises UnicodeError
             pass
     return fetched.body
 

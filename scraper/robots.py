@@ -155,7 +155,7 @@ def decode_robots(data: bytes, content_type: str | None = None) -> str:
     if charset:
         try:
             return data.decode(charset)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # unknown, or a codec like `undefined` that raises UnicodeError
             pass
     return data.decode("cp1252", errors="replace")
 
@@ -166,27 +166,47 @@ def agent_token(user_agent: str) -> str:
 
 
 def header_opt_out(lines: str | list[str] | None, token: str) -> str | None:
-    """The first opt-out directive of X-Robots-Tag header lines that applies to us, or None.
+    """The first opt-out directive of X-Robots-Tag header lines that applies to us, or None."""
+    return next((d for d in header_directives(lines, token) if d in OPT_OUT_DIRECTIVES), None)
+
+
+def header_directives(lines: str | list[str] | None, token: str) -> list[str]:
+    """The X-Robots-Tag directives that apply to us (lower case, in order): `noai, nofollow` and
+    `noai nofollow` alike.
 
     `X-Robots-Tag: otherbot: noai` concerns only otherbot; `noai` alone concerns everyone. Each header
     line is its own scope: `otherbot: noindex` on one line does not swallow `noai` on the next.
     """
+    found: list[str] = []
     for line in [lines] if isinstance(lines, str) else lines or []:
-        if directive := _line_opt_out(line, token.lower()):
-            return directive
-    return None
+        found += _line_directives(line, token.lower())
+    return found
 
 
-def _line_opt_out(line: str, token: str) -> str | None:
-    scope = None
-    for part in line.split(","):
-        part = part.strip().lower()
+def _line_directives(line: str, token: str) -> list[str]:
+    found, scope = [], None
+    for part in line.lower().split(","):
         name, colon, rest = part.partition(":")
-        if colon and name.strip() not in _VALUED and rest.strip():
-            scope, part = name.strip(), rest.strip()
-        if (scope is None or scope in ("*", token)) and part in OPT_OUT_DIRECTIVES:
-            return part
-    return None
+        if colon and len(name.split()) == 1 and name.strip() not in _VALUED and rest.strip():
+            scope, part = name.strip(), rest
+        if scope is None or scope in ("*", token):
+            found += directive_words(part)
+    return found
+
+
+def directive_words(text: str) -> list[str]:
+    """The directives in robots text separated by spaces or commas (`noai noimageai`, lower case),
+    without the values of valued ones: `max-image-preview: none` is no `none`."""
+    words = text.lower().replace(",", " ").replace(":", ": ").split()
+    found, i = [], 0
+    while i < len(words):
+        word = words[i].rstrip(":")
+        if word in _VALUED:  # skip its value: one word, or the rest (unavailable_after's date)
+            i += len(words) if word == "unavailable_after" else 2
+            continue
+        found.append(word)
+        i += 1
+    return found
 
 
 def directives_opt_out(directives: set[str]) -> str | None:

@@ -4,6 +4,7 @@ Host names are kept in their IDNA (punycode) form, `xn--bcher-kva.example` for `
 form DNS and the Host header use; either spelling in a page or in the config means the same host.
 """
 
+import re
 from collections import Counter
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit, urlunsplit
 
@@ -14,21 +15,20 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp")
 MAX_PATH_SEGMENTS = 16
 MAX_SEGMENT_REPEATS = 3
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
 
 
 def normalize(url: str, base: str | None = None) -> str | None:
     """An absolute http(s) URL without fragment, credentials or default port; None for anything else.
 
-    Lower-cases scheme and host and percent-encodes what needs it, so one resource has one key in the
-    frontier and the manifest.
+    Lower-cases scheme and host, percent-encodes what needs it and upper-cases escapes (`%2f` is
+    `%2F`, RFC 3986 6.2.2.1), so one resource has one key in the frontier and the manifest.
     """
     url = (url or "").strip()
     if not url:
         return None
-    if base:
-        url = urljoin(base, url)
-    url, _ = urldefrag(url)
-    try:
+    try:  # a malformed URL (`http://[oops/`) or base raises ValueError anywhere in here
+        url, _ = urldefrag(urljoin(base, url) if base else url)
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
@@ -41,18 +41,24 @@ def normalize(url: str, base: str | None = None) -> str | None:
         netloc = f"[{netloc}]"
     if port and port != _DEFAULT_PORTS[scheme]:
         netloc += f":{port}"
-    return requote_uri(urlunsplit((scheme, netloc, parts.path or "/", parts.query, "")))
+    url = requote_uri(urlunsplit((scheme, netloc, parts.path or "/", parts.query, "")))
+    return _ESCAPE.sub(lambda m: m.group().upper(), url)
 
 
 def ascii_host(name: str) -> str | None:
     """A host name in lower case and IDNA (punycode) form; None if it is not a valid name."""
     name = unquote(name).strip().lower()
-    if name.isascii():
-        return name
-    try:
-        return idna.encode(name, uts46=True).decode("ascii")
-    except idna.IDNAError:
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except UnicodeError:  # idna.IDNAError is one
+            return None
+    # An empty label (`a..b`) or one over 63 characters: DNS has no such name, and getaddrinfo's
+    # idna codec raises UnicodeError on it. A trailing dot (the root) is fine.
+    labels = name.split(".")
+    if any(not 0 < len(label) < 64 for label in labels[:-1]) or len(labels[-1]) > 63:
         return None
+    return name
 
 
 def host_key(url: str) -> str:

@@ -1,15 +1,18 @@
 """What an adversarial website tried, as its servers saw it: slow drips, split headers, redirects
 across hosts, restarts, odd host names, meta refreshes, huge pages, repeated bytes, killed writes."""
 
+import sys
 import threading
 import time
 
 import pytest
+from bs4 import BeautifulSoup
 
 from common.files import sha256_bytes
 from common.layout import DataRoot
 from common.report import BadInputError
 from scraper.crawl import crawl
+from scraper.extract import extract
 from scraper.urls import allowed_hosts, host_allowed, normalize
 from tests.website import Reply, Website, jpeg, manifest_rows, png, scrape_config
 
@@ -319,3 +322,72 @@ def test_a_crawl_cleans_up_what_a_killed_crawl_left_but_never_another_crawls_fil
     assert not leftover.exists()
     stored = [p.name for p in root.raw_dir.glob("*/*")]
     assert stored == [f"{sha256_bytes(kept)}.jpg"]
+
+
+def test_json_ld_nested_deeper_than_python_parses_is_skipped_and_every_crawl_finishes(tmp_path):
+    root = DataRoot(tmp_path)
+    blocks = [
+        "[" * 5000 + "]" * 5000,
+        '{"a":' * 5000 + "1" + "}" * 5000,
+        '{"license": "https://lic.example/"}',
+    ]
+    with Website(1) as web:
+        (a,) = web.hosts
+        scripts = "".join(f'<script type="application/ld+json">{b}</script>' for b in blocks)
+        a.page("/", scripts + '<img src="/a.jpg"><a href="/next">next</a>')
+        a.page("/next", "<p>more</p>")
+        a.image("/a.jpg", jpeg(64, 64, 1))
+        config = scrape_config(web, [a.url("/")])
+
+        first, second = crawl(config, root), crawl(config, root)  # a crash here broke every resume too
+
+        assert a.paths().count("/next") == 2 and a.paths().count("/a.jpg") == 2
+    assert (first.counts["fetched"], second.counts["not_modified"]) == (1, 1)
+    assert manifest_rows(root, "urls")[a.url("/a.jpg")]["licence"] == "https://lic.example/"  # the good block
+    assert all(row["finished_at"] for row in manifest_rows(root, "crawls", "id").values())
+
+
+class TooMuchWork(Exception):
+    pass
+
+
+def python_calls(work, budget: int) -> int:
+    """The Python function calls `work()` makes: a measure of work no clock or machine load skews.
+    Past `budget` calls it is stopped with TooMuchWork."""
+    calls = 0
+
+    def count(frame, event, arg) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+            if calls > budget:
+                raise TooMuchWork(f"over {budget} calls")
+
+    sys.setprofile(count)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_a_page_of_nested_unclosed_tags_is_extracted_with_linear_work_and_crawled(tmp_path):
+    # Each element inside the one before: bs4's find/find_parent/get_text per element were quadratic.
+    unit = '<a href="/p{i}"><figure><figcaption>c{i}<picture><source srcset="/s{i}.avif" type="image/avif">'
+    page = "".join(unit.format(i=i) for i in range(2500)) + '<b><img src="/photo.jpg" alt="deep">'
+    assert len(page) > 200_000
+    parse = python_calls(lambda: BeautifulSoup(page, "html.parser"), 10**8)  # linear in the page
+    # Quadratic extraction makes over 50 times the parse's calls on this page; linear, about 5 times.
+    python_calls(lambda: extract(page, "http://127.0.0.2/"), 10 * parse)
+    root = DataRoot(tmp_path)
+    with Website(1) as web:
+        (a,) = web.hosts
+        a.page("/", page)
+        a.image("/photo.jpg", jpeg(64, 64, 1))
+
+        report = crawl(scrape_config(web, [a.url("/")], max_depth=0), root)
+
+        assert a.paths() == ["/robots.txt", "/", "/photo.jpg"]
+    assert report.counts["pages"] == 1 and report.counts["fetched"] == 1
+    row = manifest_rows(root, "urls")[a.url("/photo.jpg")]
+    assert (row["alt"], row["caption"]) == ("deep", "c2499")  # its own figure's caption

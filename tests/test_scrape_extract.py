@@ -7,7 +7,8 @@ from scraper.crawl import crawl
 from scraper.extract import extract, largest, parse_srcset
 from scraper.politeness import retry_after_seconds
 from scraper.robots import decode_robots, header_opt_out
-from tests.website import Website, jpeg, manifest_rows, scrape_config, webp
+from scraper.urls import normalize
+from tests.website import Reply, Website, jpeg, manifest_rows, scrape_config, webp
 
 PAGE = "https://gallery.example/people/index.html"
 
@@ -168,3 +169,55 @@ def test_the_crawler_requests_only_the_chosen_candidates(tmp_path):
         urls = manifest_rows(root, "urls")
         assert urls[a.url("/full.jpg")]["alt"] == "thumb"
         assert urls[a.url("/p2.webp")]["type"] == "webp"
+
+
+def test_percent_escapes_that_differ_only_in_case_are_one_url_one_request_one_row(tmp_path):
+    assert normalize("http://h/a%2fb%3f?q=%e9") == "http://h/a%2Fb%3F?q=%E9"  # RFC 3986 6.2.2.1
+    root = DataRoot(tmp_path)
+    with Website(1) as web:
+        (a,) = web.hosts
+        a.page(
+            "/", '<img src="/a%2fb.jpg"><img src="/a%2Fb.jpg"><a href="/p%3fq">1</a><a href="/p%3Fq">2</a>'
+        )
+        a.image("/a%2Fb.jpg", jpeg(64, 64, 1))
+        a.page("/p%3Fq", "<p>one page</p>")
+
+        crawl(scrape_config(web, [a.url("/")]), root)
+
+        assert a.paths().count("/a%2Fb.jpg") == 1 and a.paths().count("/p%3Fq") == 1
+    assert list(manifest_rows(root, "urls")) == [a.url("/a%2Fb.jpg")]
+    assert len(manifest_rows(root, "pages")) == 2
+
+
+def test_robots_directives_separated_by_spaces_count_like_comma_separated_ones():
+    assert header_opt_out("noarchive noai", "faces") == "noai"
+    assert header_opt_out(["otherbot: noindex", "faces: nosnippet noimageai"], "faces") == "noimageai"
+    assert header_opt_out("otherbot: noarchive noai", "faces") is None  # still another bot's
+    assert header_opt_out("max-image-preview: none", "faces") is None  # a value, not the directive
+    assert extract('<meta name="robots" content="noarchive  noimageai">', PAGE).robots == {
+        "noarchive",
+        "noimageai",
+    }
+
+
+def test_a_charset_no_decoder_can_use_is_ignored_for_pages_and_robots_txt(tmp_path):
+    root = DataRoot(tmp_path)
+    with Website(2) as web:
+        a, b = web.hosts
+        a.add("/", Reply(body=b'<img src="/a.jpg">', content_type="text/html; charset=idna"))
+        robots = b"# caf\xe9\nUser-agent: *\nDisallow: /private\n"  # not UTF-8: the charset is tried
+        b.add("/robots.txt", Reply(body=robots, content_type="text/plain; charset=undefined"))
+        b.add(
+            "/",
+            Reply(
+                body=b'<img src="/private.jpg"><img src="/b.jpg">',
+                content_type="text/html; charset=undefined",
+            ),
+        )
+        for i, (host, path) in enumerate([(a, "/a.jpg"), (b, "/b.jpg"), (b, "/private.jpg")]):
+            host.image(path, jpeg(64, 64, i))
+
+        report = crawl(scrape_config(web, [a.url("/"), b.url("/")]), root)
+
+        assert "/a.jpg" in a.paths() and "/b.jpg" in b.paths() and "/private.jpg" not in b.paths()
+        assert report.counts["fetched"] == 2 and report.counts["robots"] == 1

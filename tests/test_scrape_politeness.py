@@ -223,3 +223,26 @@ def test_more_connections_per_host_only_when_configured(tmp_path):
     images = [s for s in a.requests() if s.path.endswith(".jpg")]
     in_flight = [sum(o.start <= s.start < o.end for o in images) for s in images]
     assert max(in_flight) == 2 and len({s.client_port for s in images}) == 2
+
+
+def test_x_robots_tag_nofollow_is_obeyed_like_the_meta_tag(tmp_path):
+    values = {
+        "/plain": "nofollow",
+        "/list": "noarchive, nofollow",
+        "/spaces": "noarchive nofollow",
+        "/ours": "faces-test: nofollow",
+        "/theirs": "otherbot: nofollow",  # another bot's: links followed
+    }
+    with Website(1) as web:
+        (a,) = web.hosts
+        for i, (path, value) in enumerate(values.items()):
+            a.page(
+                path, f'<a href="{path}/next">n</a><img src="{path}.jpg">', headers={"X-Robots-Tag": value}
+            )
+            a.page(f"{path}/next", "<p>next</p>")
+            a.image(f"{path}.jpg", jpeg(64, 64, i))
+
+        report = crawl(scrape_config(web, [a.url(p) for p in values]), DataRoot(tmp_path))
+
+        assert [p for p in a.paths() if p.endswith("/next")] == ["/theirs/next"]
+        assert report.counts["fetched"] == 5  # nofollow spares the links, not the images

@@ -1,5 +1,6 @@
 """Safety: fakes, bombs, caps, timeouts, the SSRF guard on every hop, redirects, crawl traps."""
 
+import gzip
 import io
 
 import pytest
@@ -8,7 +9,7 @@ from PIL import Image
 
 from common.layout import DataRoot
 from scraper.crawl import crawl
-from scraper.downloader import AddressGuard, AddressRefused, Downloader
+from scraper.downloader import AddressGuard, AddressRefused, Downloader, FetchError
 from tests.website import Reply, Website, jpeg, manifest_rows, png_bomb, scrape_config, webp
 
 SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
@@ -209,3 +210,124 @@ def test_crawl_traps_depth_and_page_limits_stop_the_crawl(tmp_path):
         assert [p for p in a.paths() if p.startswith("/d")] == ["/d1", "/d2"]
         assert [p for p in a.paths() if p.startswith("/i")] == ["/i1.jpg"]
         assert any("max_pages 3" in n for n in report.notes)
+
+
+def test_malformed_ipv6_urls_are_ignored_in_pages_and_a_failed_redirect(tmp_path):
+    root = DataRoot(tmp_path)
+    with Website(1) as web:
+        (a,) = web.hosts
+        a.page(
+            "/",
+            '<a href="http://[oops/">bad</a><a href="/based">based</a><img src="/redirect.jpg">'
+            '<img srcset="http://[x/big.jpg 2x, /small.jpg 1x">',  # the largest usable candidate
+        )
+        a.page("/based", '<base href="http://[x/"><img src="b.jpg">')  # the page's own URL instead
+        a.add("/redirect.jpg", Reply(302, headers={"Location": "http://[::1/x.jpg"}))
+        a.image("/small.jpg", jpeg(64, 64, 1))
+        a.image("/b.jpg", jpeg(64, 64, 2))
+
+        report = crawl(scrape_config(web, [a.url("/")]), root)
+
+        assert {"/small.jpg", "/b.jpg"} <= set(a.paths()) and report.counts["fetched"] == 2
+    status, error = status_of(root, a, "/redirect.jpg")
+    assert status == "failed" and "invalid or non-http(s) URL 'http://[::1/x.jpg'" in error
+
+
+def test_a_redirect_location_that_is_not_utf8_fails_that_url_and_nothing_else(tmp_path):
+    root = DataRoot(tmp_path)
+    with Website(1) as web:
+        (a,) = web.hosts
+        a.page("/", '<img src="/latin1.jpg"><img src="/utf8.jpg"><img src="/ok.jpg">')
+        a.add("/latin1.jpg", Reply(302, headers={"Location": "/caf\u00e9.jpg"}))  # the byte e9
+        utf8 = "/caf\u00e9.jpg".encode().decode("latin-1")  # the bytes c3 a9 on the wire
+        a.add("/utf8.jpg", Reply(302, headers={"Location": utf8}))
+        a.image("/caf%C3%A9.jpg", jpeg(64, 64, 1))
+        a.image("/ok.jpg", jpeg(64, 64, 2))
+
+        report = crawl(scrape_config(web, [a.url("/")]), root)
+
+        assert a.paths().count("/latin1.jpg") == 1  # not retried: it would say the same again
+    assert status_of(root, a, "/latin1.jpg") == ("failed", "redirect Location is not UTF-8: '/café.jpg'")
+    assert status_of(root, a, "/caf%C3%A9.jpg")[0] == "fetched"  # UTF-8 read as browsers do
+    assert report.counts["fetched"] == 2 and report.counts["failed"] == 1
+
+
+def test_host_names_with_an_empty_or_overlong_label_are_invalid_urls_not_a_crash(tmp_path):
+    root = DataRoot(tmp_path)
+    with Website(1) as web:
+        (a,) = web.hosts
+        long = "x" * 64
+        a.page(
+            "/",
+            f'<a href="http://x..bad.localhost/">empty label</a><img src="http://{long}.bad.localhost/i.jpg">'
+            '<img src="/to-bad.jpg"><img src="/ok.jpg">',
+        )
+        a.add("/to-bad.jpg", Reply(302, headers={"Location": "http://y..bad.localhost/i.jpg"}))
+        a.image("/ok.jpg", jpeg(64, 64, 1))
+        config = scrape_config(web, [a.url("/")], allowed_hosts=[a.address, "*.bad.localhost"])
+
+        report = crawl(config, root)
+
+        assert report.counts["fetched"] == 1 and "hosts_given_up" not in report.counts
+    assert set(manifest_rows(root, "urls")) == {a.url("/ok.jpg"), a.url("/to-bad.jpg")}
+    assert "invalid or non-http(s) URL" in status_of(root, a, "/to-bad.jpg")[1]
+    for name in ("x..bad.localhost", f"{long}.bad.localhost"):  # the guard's own check: no DNS query
+        with pytest.raises(FetchError, match="invalid host name"):
+            AddressGuard([]).check_url(f"http://{name}/")
+
+
+def test_a_redirect_loop_across_two_hosts_and_an_image_redirected_to_a_page_are_recorded(tmp_path):
+    root = DataRoot(tmp_path)
+    with Website(2) as web:
+        a, b = web.hosts
+        a.page("/", f'<img src="/loop.jpg"><img src="/to-page.jpg"><a href="{b.url("/gallery")}">g</a>')
+        a.add("/loop.jpg", Reply(302, headers={"Location": b.url("/y.jpg")}))
+        b.add("/y.jpg", Reply(302, headers={"Location": a.url("/loop.jpg")}))
+        a.add("/to-page.jpg", Reply(302, headers={"Location": b.url("/gallery")}))
+        b.page("/gallery", "<p>a page</p>")
+
+        report = crawl(scrape_config(web, [a.url("/")]), root)
+
+        assert a.paths().count("/loop.jpg") == 1 and b.paths().count("/y.jpg") == 1
+    urls = manifest_rows(root, "urls")
+    assert urls[b.url("/y.jpg")]["status"] == "failed" and "redirect loop" in urls[b.url("/y.jpg")]["error"]
+    to_page = urls[a.url("/to-page.jpg")]
+    assert to_page["status"] == "failed" and f"redirected to {b.url('/gallery')}" in to_page["error"]
+    assert report.counts["failed"] == 2 and report.counts["pages"] == 2
+
+
+def test_ipv6_addresses_that_carry_an_ipv4_address_are_judged_by_it_too():
+    guard = AddressGuard([])
+    carried = {
+        "::127.0.0.1": "loopback",  # IPv4-compatible
+        "::10.0.0.1": "private",
+        "2002:7f00:1::1": "loopback",  # 6to4
+        "2002:a9fe:a9fe::1": "link-local",
+        "64:ff9b::10.1.2.3": "private",  # NAT64
+        "64:ff9b::127.0.0.1": "loopback",
+        "64:ff9b:1::a00:1": "private",  # local-use NAT64 prefix
+        "::ffff:127.0.0.1": "loopback",  # IPv4-mapped
+    }
+    for ip, kind in carried.items():
+        assert kind in (guard.check_ip(ip) or "-"), (ip, guard.check_ip(ip))
+    assert guard.check_ip("64:ff9b::8.8.8.8") is None and guard.check_ip("2606:4700::1111") is None
+
+
+def test_a_content_encoding_chain_too_long_to_decode_fails_that_url_and_not_the_host(tmp_path):
+    root = DataRoot(tmp_path)
+    body = jpeg(64, 64, 1)
+    for _ in range(6):  # urllib3 decodes at most 5 encodings
+        body = gzip.compress(body)
+    with Website(1) as web:
+        (a,) = web.hosts
+        a.page("/", '<img src="/chain.jpg"><img src="/ok.jpg">')
+        a.image("/chain.jpg", body, headers={"Content-Encoding": ", ".join(["gzip"] * 6)})
+        a.image("/ok.jpg", jpeg(64, 64, 2))
+        config = scrape_config(web, [a.url("/")], max_retries=2, max_host_failures=2)
+
+        report = crawl(config, root)
+
+        assert a.paths().count("/chain.jpg") == 1  # a permanent failure: not tried again
+    status, error = status_of(root, a, "/chain.jpg")
+    assert status == "failed" and "cannot decode the body" in error and "Too many content encodings" in error
+    assert report.counts["fetched"] == 1 and "hosts_given_up" not in report.counts
