@@ -14,6 +14,8 @@ and counting what it came to. The parts (docs/scraper.md, "How it works"):
 """
 
 import ipaddress
+import logging
+import sqlite3
 import sys
 import threading
 import time
@@ -36,6 +38,8 @@ from scraper.politeness import HostThrottle, Stopped
 from scraper.robots import RobotsCache, agent_token
 from scraper.store import RawStore, raw_lock
 from scraper.urls import allowed_hosts, host_allowed, host_key, normalize
+
+log = logging.getLogger(__name__)
 
 
 def crawl(
@@ -171,7 +175,7 @@ class Crawler:
                     finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
                     for future in finished:
                         del running[future]
-                        future.result()  # a bug in a worker stops the crawl; the frontier keeps its place
+                        future.result()  # a disk or manifest error stops the crawl; the frontier stays
             except BaseException:
                 self.stop.set()
                 raise
@@ -191,8 +195,18 @@ class Crawler:
                 self._give_up(host, e)
             except Stopped:
                 return
+            except (OSError, sqlite3.Error, MemoryError):
+                raise  # the disk or the manifest: the crawl stops, and the frontier keeps its place
+            except Exception as e:  # a bug that one item sets off: recorded, or every resume dies on it
+                self._bug(item, host, e)
             finally:
                 self._release(item)
+
+    def _bug(self, item: Item, host: Host, error: Exception) -> None:
+        # The log names the host, not the URL: Prefect's database keeps logs, a takedown cannot reach it.
+        log.error("scrape: a bug on a %s of %s; recorded as failed", item.kind, host.key, exc_info=error)
+        reason = f"internal error, please report it: {type(error).__name__}: {error}"[:500]
+        self._finished(item, host.key, self._handler(item).record_unfetched(item, "failed", reason))
 
     def _claim(self, key: str) -> Item | None:
         with self._lock:
@@ -261,6 +275,7 @@ class Crawler:
         error = host.given_up
         while (item := self._claim(host.key)) is not None:
             try:
-                self._finished(item, host.key, self._handler(item).record_given_up(item, error))
+                done = self._handler(item).record_unfetched(item, error.status, error.reason)
+                self._finished(item, host.key, done)
             finally:
                 self._release(item)

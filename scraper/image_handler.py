@@ -14,7 +14,7 @@ from scraper.config import ScrapeConfig
 from scraper.crawl_report import ItemDone
 from scraper.downloader import Fetched
 from scraper.fetcher import Fetcher
-from scraper.hosts import Host, HostGivenUp
+from scraper.hosts import Host
 from scraper.images import SNIFF_BYTES, NotAnImage, describe, inspect_image, sniff_type
 from scraper.manifest import URL_COLUMNS, Item, Manifest
 from scraper.robots import header_opt_out
@@ -50,8 +50,9 @@ class ImageHandler:
             return self._record(item, self._row(item, out.url, out.kind, error=out.reason))
         return self._response(item, out.url, out.fetched)
 
-    def record_given_up(self, item: Item, error: HostGivenUp) -> ItemDone:
-        return self._record(item, self._row(item, item.url, error.status, error=error.reason))
+    def record_unfetched(self, item: Item, status: str, reason: str) -> ItemDone:
+        """The item's row when it is not (or no longer) fetched: a host given up, a bug on it."""
+        return self._record(item, self._row(item, item.url, status, error=reason))
 
     def _response(self, item: Item, url: str, fetched: Fetched) -> ItemDone:
         validators = {

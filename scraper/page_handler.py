@@ -13,7 +13,7 @@ from scraper.crawl_report import ItemDone
 from scraper.downloader import Fetched, declared_charset
 from scraper.extract import ImageCandidate, extract
 from scraper.fetcher import Fetcher
-from scraper.hosts import Host, HostGivenUp
+from scraper.hosts import Host
 from scraper.manifest import Item, Manifest
 from scraper.robots import directives_opt_out, header_directives, header_opt_out
 from scraper.urls import host_key
@@ -81,10 +81,11 @@ class PageHandler:
         added, over = self.manifest.finish_page(item.url, row, found, self.limits)
         return ItemDone("pages", added, over, capped)
 
-    def record_given_up(self, item: Item, error: HostGivenUp) -> ItemDone:
-        row = {"url": item.url, "host": item.host, "status": error.status, "error": error.reason}
+    def record_unfetched(self, item: Item, status: str, reason: str) -> ItemDone:
+        """The page's row when it is not (or no longer) fetched: a host given up, a bug on it."""
+        row = {"url": item.url, "host": item.host, "status": status, "error": reason}
         self.manifest.finish_page(item.url, row | {"fetched_at": now_iso()}, [], {})
-        return ItemDone("robots" if error.status == "robots" else "pages_failed")
+        return ItemDone("robots" if status == "robots" else "pages_failed")
 
     def _read(self, fetched: Fetched, url: str) -> PageContent:
         c = self.config

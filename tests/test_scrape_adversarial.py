@@ -391,3 +391,38 @@ def test_a_page_of_nested_unclosed_tags_is_extracted_with_linear_work_and_crawle
     assert report.counts["pages"] == 1 and report.counts["fetched"] == 1
     row = manifest_rows(root, "urls")[a.url("/photo.jpg")]
     assert (row["alt"], row["caption"]) == ("deep", "c2499")  # its own figure's caption
+
+
+def test_a_bug_that_one_page_sets_off_is_recorded_and_the_crawl_goes_on(tmp_path, monkeypatch, caplog):
+    # Fault injection: extraction fails on one page, as five parser bugs an audit found once made it
+    # (RecursionError, ValueError, UnicodeError): each stopped the crawl, and every resume after it.
+    from scraper import page_handler
+
+    def extract_with_a_bug(html, url, **kwargs):
+        if url.endswith("/bad"):
+            raise RecursionError("maximum recursion depth exceeded")
+        return extract(html, url, **kwargs)
+
+    monkeypatch.setattr(page_handler, "extract", extract_with_a_bug)
+    root = DataRoot(tmp_path)
+    with Website(1) as web:
+        (site,) = web.hosts
+        site.page("/", '<a href="/bad">b</a><a href="/good">g</a>')
+        site.page("/bad", '<img src="/never.jpg">')
+        site.page("/good", '<img src="/face.jpg">')
+        site.image("/face.jpg", jpeg(64, 64, 1))
+
+        report = crawl(scrape_config(web, [site.url("/")]), root)
+
+        assert "/never.jpg" not in site.paths()
+    pages = manifest_rows(root, "pages")
+    bad = pages[site.url("/bad")]
+    assert bad["status"] == "failed" and bad["error"].startswith(
+        "internal error, please report it: Recursion"
+    )
+    assert manifest_rows(root, "urls")[site.url("/face.jpg")]["status"] == "fetched"
+    assert report.counts["fetched"] == 1 and report.counts["pages_failed"] == 1
+    (logged,) = [r for r in caplog.records if r.name == "scraper.crawl" and r.levelname == "ERROR"]
+    assert (
+        site.url("/bad") not in logged.getMessage() and logged.exc_info is not None
+    )  # a traceback to report
