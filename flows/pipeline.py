@@ -223,10 +223,14 @@ def faces_pipeline(
             results["preprocess"] = _summary(run_preprocess(preprocess, data_dir, force, timeouts))
         if "validate" in chosen:
             results["validate"] = _summary(run_stage(validate_task, validate, data_dir, force, timeouts))
+        trained = None
         if "train" in chosen:
-            results["train"] = _summary(run_stage(train_task, train, data_dir, force, timeouts))
+            trained = run_stage(train_task, train, data_dir, force, timeouts)
+            results["train"] = _summary(trained)
         if "export" in chosen:
-            results["export"] = _summary(run_stage(export_task, export, data_dir, force, timeouts))
+            # The run this flow trained (or found trained, maybe from the cache), else runs/latest.
+            run = Path(trained.outputs["run_dir"]).name if trained else None
+            results["export"] = _summary(run_stage(export_task, export, data_dir, force, timeouts, run=run))
     return results
 
 

@@ -56,11 +56,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
 
 
 def save_step_checkpoint(directory: Path, state: dict[str, Any], keep: int, best: bool) -> Path:
-    """Write step-<n>.pt for the state's step, keep the newest `keep`, and copy it to best.pt if `best`."""
-    path = save_checkpoint(step_path(directory, state["step"]), state)
-    prune(directory, keep)
+    """Write step-<n>.pt for the state's step (best.pt first if `best`), keep the newest `keep`.
+
+    best.pt goes first: a run killed between the two files resumes from the step before, whose
+    best_swd is the older one, so the same evaluation writes best.pt again. The other order left a
+    best.pt older than the best_swd the resumed run believed it had saved."""
+    path = step_path(directory, state["step"])
     if best:
-        copy_checkpoint(path, best_path(directory))
+        copy_checkpoint(save_checkpoint(best_path(directory), state), path)
+    else:
+        save_checkpoint(path, state)
+    prune(directory, keep)
     return path
 
 

@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from common.files import config_hash, sha256_bytes
+from common.files import atomic_symlink, config_hash, sha256_bytes
 from common.layout import DataRoot
 from common.report import StageReport
 from models import ddp
@@ -77,6 +77,8 @@ def _train(
     run_dir = root.run_dir(run_name(config, dataset_id))
     info = read_run_info(run_dir)
     if not force and is_done(info, config.steps):
+        if dist.is_main:  # these settings' run is the current one again (a setting changed back)
+            atomic_symlink(run_dir.name, root.latest_run)
         return skipped_report(run_dir, info)
     check_can_train(config, dataset_dir / "images.npy", dist)  # before anything is cleared
     ddp.barrier(dist)  # everyone has read run.json before rank 0 changes it
@@ -107,9 +109,10 @@ def _run_training(trainer: Trainer, root: DataRoot, info: dict[str, Any]) -> Sta
     """Resume or warm-start, train up to `steps`, and keep run.json saying how it went."""
     config, dist = trainer.config, trainer.dist
     resumed = trainer.resume()
-    parent = parent_of(info)
-    if resumed is None and config.warm_start and not parent:
-        parent = _warm_start(trainer, root)
+    if resumed is not None:  # the checkpoint's networks descend from the parent run.json names
+        parent = parent_of(info)
+    else:  # nothing kept yet: a new run, or one killed before its first checkpoint (warm-start again)
+        parent = _warm_start(trainer, root) if config.warm_start else {}
     record = RunRecord(trainer.run_dir, writes=dist.is_main)
     setup = {"device": str(trainer.device), "precision": trainer.precision, "world_size": dist.world_size}
     record.start(trainer.dataset_id, config, parent, info.get("started"), **setup, step=trainer.step)

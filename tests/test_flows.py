@@ -170,6 +170,18 @@ def test_stage_subset_with_force_reruns_only_those(first_run):
     assert task_states(state) == {"train": ["Completed"], "export": ["Completed"]}
 
 
+def test_export_takes_the_run_train_gave_even_one_served_from_the_cache(first_run):
+    cfg = first_run[0].model_copy(deep=True)
+    other = cfg.model_copy(deep=True)
+    other.train.lr_g = cfg.train.lr_g / 2  # another run on the same dataset
+    run(other, stages=["train", "export"])
+    state = run(cfg, stages=["train", "export"])  # back: train is served from the cache
+    assert task_states(state)["train"] == ["Cached"]
+    results = state.result()
+    trained = Path(results["train"]["outputs"]["run_dir"]).name
+    assert Path(results["export"]["outputs"]["grid"]).parent.name == trained
+
+
 def test_bad_input_fails_at_once_without_retries(first_run):
     cfg = first_run[0].model_copy(deep=True)  # the other tests share first_run's config
     cfg.validate_.min_images = 100_000

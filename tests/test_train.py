@@ -103,6 +103,14 @@ def test_unchanged_dataset_and_config_does_nothing_unless_forced(root):
     assert [r["step"] for r in rows(Path(forced.outputs["run_dir"]))] == [2, 4]
 
 
+def test_settings_changed_back_make_their_finished_run_the_latest_again(root):
+    first = train(tiny(steps=4), root)
+    train(tiny(steps=4, lr_g=5e-4), root)
+    again = train(tiny(steps=4), root)
+    assert again.skipped  # nothing to train: that run finished yesterday
+    assert root.latest_run.resolve() == Path(first.outputs["run_dir"]).resolve()  # what export takes
+
+
 def test_truncated_checkpoint_falls_back_to_the_previous(root):
     config = tiny(steps=8)
     run_dir = Path(train(config, root).outputs["run_dir"])
