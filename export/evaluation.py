@@ -25,6 +25,7 @@ from models.image_stats import statistics_distance
 from models.memorisation import memorisation
 from models.metrics import sliced_wasserstein, split_halves, swd_noise_floor
 from models.ms_ssim import ms_ssim_diversity
+from models.taken_down import deleted_by_takedown
 
 
 class FittedImages:
@@ -40,21 +41,31 @@ class FittedImages:
         return fit_images(self.images[rows], self.size, self.channels).numpy()
 
 
-def find_dataset(root: DataRoot, dataset_id: str, notes: list[str]) -> Path:
+def find_dataset(root: DataRoot, dataset_id: str, notes: list[str], run_dir: Path | None = None) -> Path:
     """The run's snapshot; when a takedown or retention removed it, the latest one (with a note)."""
     own = root.dataset_dir(dataset_id)
     if (own / "images.npy").is_file():
         return own
     latest = root.latest_dataset
     if latest.exists() and (latest.resolve() / "images.npy").is_file():
+        why = f": {why_gone(run_dir, dataset_id)}" if run_dir else ""
         notes.append(
-            f"dataset {dataset_id} (the run's) is gone; real-image metrics use the latest snapshot "
-            f"{latest.resolve().name}"
+            f"dataset {dataset_id} (the run's) is gone{why}; real-image metrics use the latest snapshot "
+            f"{latest.resolve().name}, and the model card says so"
         )
         return latest.resolve()
     raise BadInputError(
         f"dataset {dataset_id} is gone and there is no datasets/latest: run faces validate first"
     )
+
+
+def why_gone(run_dir: Path, dataset_id: str) -> str:
+    """Why the run's snapshot is gone, as far as can be told: a takedown marks the runs whose snapshot
+    it deletes (models.taken_down); retention and deleting by hand leave no record."""
+    taken = deleted_by_takedown(run_dir, dataset_id)
+    if taken:
+        return f"deleted by a takedown (faces forget) on {taken['at']}"
+    return "pruned by [validate] retention, or deleted by hand (no takedown recorded)"
 
 
 def evaluate(

@@ -12,7 +12,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from common.files import atomic_write_text, read_json
-from export.evaluation import metrics_rows
+from export.evaluation import metrics_rows, why_gone
+from models.taken_down import DESCENDANT, SNAPSHOT_GONE, TRAINED_ON, marks
 
 MODEL_NAMES = {"dcgan": "DCGAN", "mlp": "fully connected (MLP) GAN"}
 
@@ -56,10 +57,11 @@ def read_index(dataset_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _summary(run_info: dict, ckpt: dict, exported: dict, dataset: dict) -> list[str]:
+def _summary(run_info: dict, ckpt: dict, exported: dict, dataset: dict, gone: bool) -> list[str]:
     """The title, the sample grid and one sentence: which model, which data, which checkpoint."""
     train_config = ckpt["config"]
     shows = f"images of {dataset['holds']}" if _ready_made(dataset) else "face images"
+    shows = "images" if gone else shows  # what the gone dataset held is not known
     return [
         f"# Model card: `{run_info.get('run', exported['run'])}`",
         "",
@@ -72,7 +74,7 @@ def _summary(run_info: dict, ckpt: dict, exported: dict, dataset: dict) -> list[
     ]
 
 
-def _training(run_info: dict, ckpt: dict, n_images: int, sources: int) -> list[str]:
+def _training(run_info: dict, ckpt: dict, n_images: int | None, sources: int) -> list[str]:
     """Dataset size, steps, time, device, dates, warm start and the full [train] config.
 
     Steps and time are the run's (run.json: a resumed run's whole count), beside the exported
@@ -84,6 +86,8 @@ def _training(run_info: dict, ckpt: dict, n_images: int, sources: int) -> list[s
     side, channels = config["image_size"], "RGB" if config["channels"] == 3 else "grayscale"
     held = f"{n_images} images, trained at {side}x{side} px {channels}"
     held += f", from {sources} distinct source images" if sources else ""
+    if n_images is None:  # the snapshot is gone: another one's size would not be this run's
+        held = f"gone, its size and sources not known; trained at {side}x{side} px {channels}"
     return [
         "## Training",
         "",
@@ -110,8 +114,9 @@ def _training(run_info: dict, ckpt: dict, n_images: int, sources: int) -> list[s
     ]
 
 
-def _quality(result: dict) -> list[str]:
-    """How each metric is read, then the table of generated against real figures."""
+def _quality(result: dict, stand_in: str | None = None) -> list[str]:
+    """How each metric is read, then the table of generated against real figures (`stand_in`: the
+    snapshot they were measured on when the run's own is gone)."""
     lines = [
         "## Quality",
         "",
@@ -132,6 +137,12 @@ def _quality(result: dict) -> list[str]:
         f"| {r['metric']} | {r['generated']} | {'' if r['real'] is None else r['real']} |"
         for r in metrics_rows(result)
     ]
+    if stand_in:
+        lines[2:2] = [
+            f"Real figures, and the crops `memorisation.png` compares samples with, come from the latest "
+            f"snapshot `{stand_in}`, not from the run's own dataset (gone).",
+            "",
+        ]
     if "fid_kid" not in result:
         lines += ["", "FID/KID: not measured (set `[export] inception_weights` to a local Inception file)."]
     return lines + ["", "![training](training.png)"]
@@ -153,6 +164,44 @@ def _data_sources(dataset_dir: Path, index: list[dict]) -> list[str]:
     return lines + [
         "",
         f"Per-image provenance (source URL, page, licence, fetch time): `{dataset_dir / 'index.csv'}`.",
+    ]
+
+
+def _data_gone(dataset_id: str, why: str, stand_in: str, n_images: int) -> list[str]:
+    """The run's own snapshot is gone: say so, and that the figures come from another one."""
+    return [
+        "## The training data is gone",
+        "",
+        f"The dataset this model was trained on, `{dataset_id}`, is no longer under `datasets/`: {why}. "
+        "Its size, sources, licences and contents are not known any more, so this card does not show them. "
+        f"The quality figures were measured against the latest snapshot, `{stand_in}` ({n_images} images), "
+        "instead: another dataset, not necessarily the one this model learnt from.",
+    ]
+
+
+def _sources_gone(dataset_id: str, stand_in: str) -> list[str]:
+    return [
+        "## Data sources",
+        "",
+        f"Not known: the per-image provenance (index.csv) went with the dataset `{dataset_id}`. The latest "
+        f"snapshot's sources are on its own card (`datasets/{stand_in}/README.md`); they are not this "
+        "model's training data.",
+    ]
+
+
+def _taken_down(marks: list[dict]) -> list[str]:
+    """The run learnt from an image since taken down (models.taken_down): it must be retrained."""
+    why = {
+        TRAINED_ON: "its dataset held an image since taken down",
+        SNAPSHOT_GONE: "its dataset, already gone then, may have held an image since taken down",
+        DESCENDANT: "it was warm-started from run `{parent}`, which learnt from an image since taken down",
+    }
+    lines = ["## Taken down since", ""]
+    lines += [f"- {m['at']}: " + why.get(m.get("kind", ""), why[TRAINED_ON]).format(**m) for m in marks]
+    return lines + [
+        "",
+        "A model cannot forget one face: retrain on the current data (no run is warm-started from this "
+        "one) and export again, then delete this export.",
     ]
 
 
@@ -192,7 +241,7 @@ def _limitations(image_size: int) -> list[str]:
         "occluded, small or strongly turned faces are filtered out.",
         f"- At {image_size} px, fine detail (teeth, eyes, hair) is coarse; artefacts are common.",
         "- A licence recorded per image is what the source page said; it is not legal advice. Check the "
-        "licences above before publishing samples.",
+        "licences (Data sources) before publishing samples.",
         "- Metrics without a pretrained network (SWD, MS-SSIM) measure statistics of patches, not realism "
         "as a person judges it; SWD ignores a colour shift of the whole set by design.",
     ]
@@ -207,20 +256,26 @@ def model_card(
     result: dict,
     exported: dict,
     dataset: dict | None = None,
+    gone: str | None = None,
+    marks: list[dict] | None = None,
 ) -> str:
     """The card's markdown: `exported` is export.json's content, `result` metrics.json's, `dataset` the
-    snapshot's report.json (which says what a ready-made set holds)."""
-    dataset, size = dataset or {}, ckpt["config"]["image_size"]
+    snapshot's report.json (which says what a ready-made set holds). `gone`: why the run's own snapshot
+    is gone, when `dataset_dir` is the latest one standing in for it; `marks`: the run's takedown marks."""
+    dataset, size, own = dataset or {}, ckpt["config"]["image_size"], ckpt["dataset_id"]
     use = (
         _ready_made_sections(dataset, size)
         if _ready_made(dataset)
         else INTENDED_USE + [""] + _limitations(size)
     )
+    sources = len({r.get("sha256") for r in index if r.get("sha256")})
     sections = [
-        _summary(run_info, ckpt, exported, dataset),
-        _training(run_info, ckpt, n_images, len({r.get("sha256") for r in index if r.get("sha256")})),
-        _quality(result),
-        _data_sources(dataset_dir, index),
+        _summary(run_info, ckpt, exported, dataset, gone is not None),
+        *([_data_gone(own, gone, dataset_dir.name, n_images)] if gone else []),
+        *([_taken_down(marks)] if marks else []),
+        _training(run_info, ckpt, None if gone else n_images, sources),
+        _quality(result, dataset_dir.name if gone else None),
+        _sources_gone(own, dataset_dir.name) if gone else _data_sources(dataset_dir, index),
         use,
         TAKEDOWN,
     ]
@@ -233,11 +288,23 @@ def model_card(
 def write_model_card(
     out: Path, run_dir: Path, ckpt: dict, dataset_dir: Path, n_images: int, result: dict, info: dict
 ) -> None:
-    """MODEL_CARD.md in `out`, from the run's run.json and the dataset's index.csv and report.json."""
-    run_info, index, dataset = (
+    """MODEL_CARD.md in `out`, from the run's run.json and the dataset's index.csv and report.json.
+
+    When the run's own snapshot is gone (`dataset_dir` is the latest one, export.evaluation.find_dataset),
+    nothing of the stand-in describes the training data: only its metrics are shown, and said to be its."""
+    gone = None if dataset_dir.name == ckpt["dataset_id"] else why_gone(run_dir, ckpt["dataset_id"])
+    index = [] if gone else read_index(dataset_dir)
+    dataset = {} if gone else read_json(dataset_dir / "report.json")
+    card = model_card(
         read_json(run_dir / "run.json"),
-        read_index(dataset_dir),
-        read_json(dataset_dir / "report.json"),
+        ckpt,
+        dataset_dir,
+        n_images,
+        index,
+        result,
+        info,
+        dataset,
+        gone,
+        marks(run_dir),
     )
-    card = model_card(run_info, ckpt, dataset_dir, n_images, index, result, info, dataset)
     atomic_write_text(out / "MODEL_CARD.md", card)

@@ -200,7 +200,7 @@ def build_export(
     progress("training over time")
     write_training_gif(run_dir, out, notes)
 
-    dataset_dir = find_dataset(root, ckpt["dataset_id"], notes)
+    dataset_dir = find_dataset(root, ckpt["dataset_id"], notes, run_dir)
     real = FittedImages(open_images(dataset_dir / "images.npy"), train_config)
     result = evaluate(generator, nz, real, config, device, out, progress)
     result["checkpoint"] = {

@@ -15,6 +15,8 @@ from common.report import BadInputError
 from flows import local_server
 from flows.config import STAGES, PipelineConfig, load_config
 
+MAX_NOTES = 20  # per stage printed; a crawl can note many hosts, all in its summary artifact
+
 
 def _load(args: argparse.Namespace) -> PipelineConfig:
     cfg = load_config(args.config or _default_config())
@@ -161,9 +163,15 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def _print_results(results: dict) -> None:
+    """Per stage: its counts, its notes (what the counts cannot say), then its outputs."""
     for stage, result in results.items():
         counts = ", ".join(f"{k}={v}" for k, v in result.get("counts", {}).items())
         print(f"{stage}: {counts} ({result.get('seconds', 0)} s)")
+        notes = result.get("notes", [])
+        for note in notes[:MAX_NOTES]:
+            print(f"  - {' '.join(str(note).split())}")  # one line each
+        if len(notes) > MAX_NOTES:
+            print(f"  - ... {len(notes) - MAX_NOTES} more in the stage's summary artifact")
         for label, path in result.get("outputs", {}).items():
             print(f"  {label}: {path}")
 

@@ -8,6 +8,7 @@ their descriptions (the docstrings' Args) are what the UI's Parameters tab shows
 """
 
 import warnings
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -120,6 +121,9 @@ def run_stage(
     report = state.result()  # raises the task's error when it failed
     if state.name == "Cached":
         announce_cached(report, data_dir)
+        since = f" since {report.made_at}" if getattr(report, "made_at", "") else ""
+        cached = f"served from the cache: inputs unchanged{since}, nothing redone (--force redoes it)"
+        report = replace(report, notes=[cached, *report.notes])  # a copy: the cached result stays as made
     return report
 
 
@@ -147,7 +151,14 @@ def _chosen(stages: list[Stage]) -> set[Stage]:
 
 
 def _summary(report: StageReport) -> dict:
-    return {"counts": report.counts, "outputs": report.outputs, "seconds": round(report.seconds, 1)}
+    """What a flow returns of a stage's report, and `faces` prints: the notes say what the counts cannot
+    (a skipped run, a warm start refused, a damaged checkpoint skipped, a stand-in dataset)."""
+    return {
+        "counts": report.counts,
+        "outputs": report.outputs,
+        "seconds": round(report.seconds, 1),
+        "notes": list(report.notes),
+    }
 
 
 def _scheduled_name(run: FlowRun) -> str:

@@ -89,6 +89,12 @@ class TrainConfig(StrictModel):
     log_every: int = Field(50, ge=1, description="Steps between metrics.jsonl rows.")
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
+    keep_runs: int = Field(
+        5,
+        ge=0,
+        description="Finished runs kept under runs/, the newest; older ones go once exported "
+        "(never runs/latest's, or one in use); 0 keeps all.",
+    )
     sample_every: int = Field(500, ge=1, description="Steps between fixed-noise grids.")
     eval_every: int = Field(1000, ge=1, description="Steps between SWD evaluations (best.pt is the lowest).")
     eval_samples: int = Field(1024, ge=16, description="Images per SWD evaluation (capped at the dataset).")

@@ -19,6 +19,7 @@ from common.layout import DataRoot, list_grids
 from common.report import BadInputError, StageReport, TransientError
 from models.checkpoint import best_path, list_checkpoints
 from models.config import TrainConfig
+from models.taken_down import taken_down_ancestor
 
 # The settings a warm start must share with its parent: they fix the networks' shapes.
 ARCH_KEYS = ("model", "image_size", "channels", "nz", "ngf", "ndf")
@@ -37,6 +38,7 @@ RUNTIME_KEYS = frozenset(
         "log_every",
         "checkpoint_every",
         "keep_checkpoints",
+        "keep_runs",
         "sample_every",
         "eval_every",
         "eval_samples",
@@ -93,15 +95,31 @@ class WarmStart(NamedTuple):
 
 
 def warm_start_source(root: DataRoot, dataset_id: str, config: TrainConfig) -> WarmStart:
-    """The run `runs/latest` points at, when it trained on another dataset with the same shapes."""
+    """The run `runs/latest` points at, when it trained on another dataset with the same shapes and
+    neither it nor a run it descends from learnt from an image since taken down."""
     previous = root.latest_run
     info = read_run_info(previous.resolve()) if previous.exists() else {}
     if not info or info.get("dataset_id") == dataset_id:
         return WarmStart({})
+    if note := taken_down_note(root, previous.resolve(), info["run"]):
+        return WarmStart({}, note=note)
     mismatched = [k for k in ARCH_KEYS if info["config"].get(k) != getattr(config, k)]
     if mismatched:
         return WarmStart({}, note=f"no warm start from {info['run']}: its {', '.join(mismatched)} differ")
     return WarmStart(info, previous.resolve() / "checkpoints")
+
+
+def taken_down_note(root: DataRoot, run_dir: Path, run: str) -> str | None:
+    """Why `run` cannot be a warm start, when it (or a run it was warm-started from) learnt from an
+    image since taken down: its weights would carry the image into the new run (validate.takedown)."""
+    marked = taken_down_ancestor(root, run_dir)
+    if marked is None:
+        return None
+    through = "" if marked == run else f" (through run {marked}, which it descends from by warm starts)"
+    return (
+        f"no warm start from {run}: it learnt from images since taken down (faces forget){through}; "
+        "training from scratch"
+    )
 
 
 # -- the folder ---------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from models.checkpoint import load_latest_everywhere
 from models.config import TrainConfig
 from models.data import check_shards, dataset_flip, open_images
 from models.device import pick_device, wants_cuda
+from models.retention import prune_runs
 from models.runs import (
     RunRecord,
     clear_run,
@@ -130,6 +131,8 @@ def _run_training(trainer: Trainer, root: DataRoot, info: dict[str, Any]) -> Sta
         best_swd=None if math.isinf(trainer.best_swd) else trainer.best_swd,
         warnings=trainer.watch.warnings,
     )
+    if dist.is_main and (deleted := prune_runs(root, config.keep_runs)):
+        trainer.notes.append(f"deleted {len(deleted)} older exported run(s) (keep_runs = {config.keep_runs})")
     speed = trainer.session_steps * config.batch_size / max(trainer.session_seconds, 1e-9)
     counts = {"images_per_second": round(speed), "dataset_images": trainer.dataset_size}
     return trained_report(trainer.run_dir, record.info, resumed, counts, trainer.notes)

@@ -2,8 +2,10 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_failed_stage_exits_nonzero_with_one_line_reason(tmp_path):
@@ -102,3 +104,61 @@ def test_two_commands_started_together_each_get_their_own_temporary_server(tmp_p
         assert output.strip().splitlines()[-1].startswith("faces: error: "), output[-2000:]  # its own verdict
         ports += re.findall(r"temporary Prefect server at http://127\.0\.0\.1:(\d+)", output)
     assert len(ports) == 2 and ports[0] != ports[1], outputs
+
+
+FACES_TOML = """
+[train]
+image_size = 32
+ngf = 4
+ndf = 4
+nz = 8
+batch_size = 8
+steps = 2
+log_every = 2
+checkpoint_every = 2
+sample_every = 2
+eval_every = 1000
+eval_samples = 16
+progress_bar = false
+tensorboard = false
+
+[export]
+n_samples = 1
+interpolation_steps = 2
+eval_samples = 16
+diversity_samples = 4
+onnx = false
+device = "cpu"
+"""
+
+
+def test_train_and_export_print_their_notes_after_the_counts(tmp_path, one_thread):
+    """What the counts cannot say reaches the terminal: a warm start, a damaged checkpoint skipped, a
+    run's dataset gone so that the metrics use another."""
+    from common.layout import DataRoot
+    from flows.config import load_config
+    from models.train import train
+    from tests.export_data import DATASET_ID, make_dataset
+    from tests.train_helpers import blobs
+    from tests.train_helpers import make_dataset as make_blobs
+
+    (tmp_path / "faces.toml").write_text(FACES_TOML)
+    root = DataRoot(tmp_path / "data")
+    make_dataset(root)
+    first = Path(train(load_config(tmp_path / "faces.toml").train, root).outputs["run_dir"])
+    (first / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    make_blobs(root, blobs(24, size=32))  # the next night's snapshot; the first one is pruned
+    shutil.rmtree(root.dataset_dir(DATASET_ID))
+
+    trained = _faces("train", "--data-dir", str(root.root), cwd=tmp_path)
+    exported = _faces("export", "--run", first.name, "--data-dir", str(root.root), cwd=tmp_path)
+
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    lines = trained.stdout.splitlines()
+    counts = next(i for i, line in enumerate(lines) if line.startswith("train: steps=2"))
+    assert f"  - warm start from run {first.name} (step 2)" in lines[counts + 1 :]
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    out = exported.stdout
+    assert "  - skipped a damaged checkpoint: " in out and "best.pt: unreadable" in out
+    assert f"  - dataset {DATASET_ID} (the run's) is gone: pruned by [validate] retention" in out
+    assert out.index("export: step=2") < out.index("  - dataset") < out.index("  model_card: ")

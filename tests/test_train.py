@@ -197,3 +197,21 @@ def test_fingerprint_follows_the_dataset_and_the_config(tmp_path):
     assert input_fingerprint(tiny(steps=7), root) != first
     make_dataset(root, blobs(seed=1))
     assert input_fingerprint(tiny(), root) != first
+
+
+def test_nightly_runs_beyond_keep_runs_go_once_exported_and_nothing_else_does(tmp_path):
+    from export.stage import export
+    from tests.export_data import small_export
+
+    root = DataRoot(tmp_path / "data")
+    runs = []
+    for night in range(4):  # a grown dataset each night, each run warm-started from the last
+        make_dataset(root, blobs(n=24 + 8 * night, seed=night))
+        runs.append(Path(train(tiny(steps=4, keep_runs=2), root).outputs["run_dir"]).name)
+        if night != 1:  # night two's export never happened
+            export(small_export(), root)
+
+    kept = sorted(p.name for p in root.runs_dir.iterdir() if not p.is_symlink())
+    assert kept == sorted(runs[1:])  # night one's went; night two's has no export, so it stays
+    assert (root.export_dir(runs[0]) / "generator.pt").is_file()  # what a user needs of it is kept
+    assert root.latest_run.resolve().name == runs[3]

@@ -66,13 +66,22 @@ def purge_snapshots(root: DataRoot, shas: set[str], crop_ids: set[str]) -> tuple
             shutil.rmtree(p, ignore_errors=True)
             deleted.append(p)
     redacted: dict[Path, Paths] = {}
+    holding = snapshots_holding(root, shas)
     for folder in snapshot.list_snapshots(root):
-        if any(row["sha256"] in shas for row in snapshot.read_index(folder)):
+        if folder in holding:
             snapshot.remove_snapshot(folder)
             deleted.append(folder)
         elif rewritten := redact(folder, shas, crop_ids):
             redacted[folder] = rewritten
     return deleted, redacted
+
+
+def snapshots_holding(root: DataRoot, shas: set[str]) -> Paths:
+    """The snapshots whose images hold a crop of one of `shas` (their index.csv says so)."""
+    if not root.datasets_dir.is_dir():
+        return []
+    folders = snapshot.list_snapshots(root)
+    return [f for f in folders if any(row["sha256"] in shas for row in snapshot.read_index(f))]
 
 
 def redact(folder: Path, shas: set[str], crop_ids: set[str]) -> Paths:

@@ -4,7 +4,8 @@ Afterwards no byte of the image, none of its pixels, nor its hash or URLs are le
 except the record of its URLs and hash in raw/manifest.sqlite `forgotten` (which the crawler checks, so
 it is never fetched again):
 - exports whose memorisation.png showed one of its crops lose that picture and are marked for re-export
-  (export.redaction); trained runs cannot forget one face, so the report names those trained on it;
+  (export.redaction); trained runs cannot forget one face, so those that learnt from it, and the runs
+  warm-started from them, are marked and named (models.taken_down): none is a warm start again;
 - every snapshot whose images hold one of its crops is deleted whole. A snapshot is frozen and named
   by its content, so rewriting it without the crop would make it a different dataset under the old
   name; a new snapshot is built instead, from what is left;
@@ -19,7 +20,6 @@ snapshots still say which crops they show, then the files, and the rows that map
 The report names every file and folder deleted or rewritten.
 """
 
-import json
 import re
 import sqlite3
 import time
@@ -31,11 +31,12 @@ from common.clock import now_iso
 from common.files import sha256_file
 from common.layout import DataRoot
 from common.report import BadInputError, StageReport
+from models.taken_down import DESCENDANT, SNAPSHOT_GONE, TRAINED_ON, mark_runs
 from preprocess import manifest as faces_manifest
 from scraper import manifest as raw_manifest
 from validate.config import ValidateConfig
 from validate.inputs import as_root
-from validate.purge import purge_exports, purge_snapshots
+from validate.purge import purge_exports, purge_snapshots, snapshots_holding
 from validate.stage import validate
 from validate.store import connect, delete_crops
 
@@ -67,12 +68,14 @@ def forget(key: str, root: DataRoot | str | Path, validate_config: ValidateConfi
         )
 
     exports = purge_exports(root, target.shas)  # first: the snapshots still say which crops each one shows
+    held = {p.name for p in snapshots_holding(root, target.shas)}
+    runs = mark_runs(root, now_iso(), held, first_stored(root, target))  # while the snapshots tell
     snapshots, redacted = purge_snapshots(root, target.shas, target.crop_ids)
     crop_hashes = {sha256_file(p) for p in target.crop_files if p.is_file()}
     files = remove_files(root, target)
     databases = remove_rows(root, target, crop_hashes)
     notes = change_notes(root, files, snapshots, redacted, exports) + database_notes(root, databases, key)
-    notes += runs_notes(root, {p.name for p in snapshots})
+    notes += runs_notes(root, runs)
     outputs, rebuilt = rebuild_dataset(root, validate_config)
     return StageReport(
         stage="forget",
@@ -245,19 +248,26 @@ def database_notes(root: DataRoot, databases: dict[Path, bool], key: str) -> lis
     return notes
 
 
-def runs_notes(root: DataRoot, removed: set[str]) -> list[str]:
-    """Training runs made from a deleted snapshot: their models learned from the image."""
-    runs = []
-    for run_json in sorted(root.runs_dir.glob("*/run.json")) if root.runs_dir.is_dir() else []:
-        try:
-            dataset = json.loads(run_json.read_text()).get("dataset_id", "")
-        except (OSError, ValueError):
-            continue
-        if dataset in removed:
-            runs.append(run_json.parent)
-    if not runs:
-        return []
-    return [
-        "runs trained on a deleted snapshot, kept: a trained generator cannot forget one face; retrain, "
-        f"or delete them, to forget it fully: {names(root, runs)}"
-    ]
+def runs_notes(root: DataRoot, runs: dict[str, list[str]]) -> list[str]:
+    """The runs that learnt from the image, as `mark_runs` marked them: none is a warm start again."""
+    said = {
+        TRAINED_ON: "runs trained on a deleted snapshot",
+        SNAPSHOT_GONE: "runs that may have learnt from it (their snapshot was already gone, so unknown)",
+        DESCENDANT: "runs warm-started from those",
+    }
+    notes = [f"{said[k]}, kept: {names(root, map(root.run_dir, runs[k]))}" for k in said if runs[k]]
+    if notes:
+        notes.append(
+            "a trained generator cannot forget one face: these runs are marked (runs/<run>/taken_down.json) "
+            "and no run is warm-started from them again (`faces train` trains from scratch instead); "
+            "retrain, or delete them, to forget it fully"
+        )
+    return notes
+
+
+def first_stored(root: DataRoot, target: Target) -> str | None:
+    """When the earliest of the images was first stored (None when one has no record): a run started
+    before then cannot have learnt from them."""
+    seen = raw_manifest.first_seen_by_hash(root.raw_manifest)
+    times = [seen.get(sha) for sha in target.shas]
+    return None if None in times or not times else min(t for t in times if t)
