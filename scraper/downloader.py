@@ -78,12 +78,12 @@ class AddressGuard:
         addr = ipaddress.ip_address(ip.split("%")[0])
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
             addr = addr.ipv4_mapped
-        if reason := self._refusal(addr):
-            return reason
+        # The carried IPv4 address first: the most telling reason, and Python versions differ on
+        # whether 6to4 or IPv4-compatible IPv6 ranges are "private" themselves.
         inner = embedded_ipv4(addr)
         if inner is not None and (reason := self._refusal(inner)):
             return f"{addr} carries the IPv4 address {inner}: {reason}"
-        return None
+        return self._refusal(addr)
 
     def _refusal(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
         if any(addr in net for net in self.allowed):
