@@ -146,7 +146,8 @@ def _warm_start(trainer: Trainer, root: DataRoot) -> dict[str, Any]:
     if source.checkpoints is None:
         return {}
     found = load_latest_everywhere(source.checkpoints, trainer.device, trainer.dist)
-    if found is None:
+    if found is None:  # its step checkpoints were deleted or are all damaged
+        trainer.notes.append(f"no warm start from {source.info['run']}: no checkpoint of it loads")
         return {}
     ckpt, path = found
     trainer.load_networks(ckpt)

@@ -152,6 +152,18 @@ def test_divergence_through_the_stage_fails_with_a_clear_error(root):
     assert not (root.runs_dir / "latest").exists()
 
 
+def test_a_parent_without_a_loadable_checkpoint_is_no_warm_start_and_the_report_says_so(tmp_path):
+    root = DataRoot(tmp_path)
+    make_dataset(root, blobs(seed=0))
+    parent = Path(train(tiny(steps=4), root).outputs["run_dir"])
+    for checkpoint in (parent / "checkpoints").glob("step-*.pt"):
+        checkpoint.write_bytes(b"cut short by a full disk")
+    make_dataset(root, blobs(seed=1))
+    report = train(tiny(steps=2), root)
+    assert f"no warm start from {parent.name}: no checkpoint of it loads" in report.notes
+    assert json.loads((Path(report.outputs["run_dir"]) / "run.json").read_text())["parent"] is None
+
+
 def test_warm_start_continues_from_the_previous_run_and_records_it(tmp_path):
     root = DataRoot(tmp_path)
     make_dataset(root, blobs(seed=0))
