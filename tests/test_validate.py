@@ -2,11 +2,13 @@ import csv
 import shutil
 import sqlite3
 from contextlib import closing
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from common.layout import DataRoot
 from common.report import BadInputError
 from tests.validate_data import NEUTRAL, Root, face_crop, png, pupils
 from validate import snapshot
@@ -170,6 +172,25 @@ def test_identical_input_gives_identical_id_and_no_new_snapshot(tmp_path):
     assert input_fingerprint(CONFIG, r.root) == input_fingerprint(
         CONFIG.model_copy(update={"workers": 3}), r.root
     )
+
+
+def test_the_same_crops_collected_in_another_order_give_the_same_id(tmp_path):
+    # Two crawls of one site store the same photos a second apart in another order (the demo's did).
+    r, ids = real_root(tmp_path, n=10)
+    first = validate(CONFIG, r.root)
+    copy = tmp_path / "copy"
+    for part in ("raw", "faces"):
+        shutil.copytree(r.root.root / part, copy / part)
+    db = sqlite3.connect(DataRoot(copy).raw_manifest)
+    with db:  # the newest first: the copy collected them in the reverse order
+        db.execute("UPDATE files SET first_seen = strftime('%Y-%m-%dT%H:%M:%S', 'now', -rowid || ' seconds')")
+    db.close()
+
+    again = validate(CONFIG, DataRoot(copy))
+
+    assert Path(again.outputs["dataset"]).name == Path(first.outputs["dataset"]).name
+    with open(Path(again.outputs["dataset"]) / "index.csv", newline="") as f:
+        assert [row["crop_id"] for row in csv.DictReader(f)] == ids[::-1]  # its own order, the same set
 
 
 def test_a_released_crop_joins_the_next_snapshot_and_opt_outs_cannot_be_released(tmp_path):

@@ -50,9 +50,10 @@ class Accepted:
 
 
 def snapshot_id(pixel_hashes: list[str], image_size: int) -> str:
-    """A hash of the accepted crops' content, in dataset order: same crops, same id."""
-    h = hashlib.sha256(f"faces-dataset v1 {image_size}\n".encode())
-    for p in pixel_hashes:
+    """A hash of the accepted crops' content as a set: same crops, same id. Sorted, since the dataset's
+    order (when each source was first stored, to the second) differs between two crawls of one site."""
+    h = hashlib.sha256(f"faces-dataset v2 {image_size}\n".encode())
+    for p in sorted(pixel_hashes):
         h.update(p.encode() + b"\n")
     return h.hexdigest()[:16]
 
