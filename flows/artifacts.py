@@ -105,14 +105,16 @@ def publish(report: StageReport, data_dir: str) -> None:
     get_run_logger().info("%s done in %.1f s: %s", stage, report.seconds, report.counts)
 
 
-def announce_cached(report: StageReport, data_dir: str) -> None:
+def announce_cached(report: StageReport, data_dir: str) -> str:
     """Say in the log and the stage's summary that it was served from the cache, since when, and how
-    to redo it: a cached task runs for a second and would otherwise publish nothing."""
+    to redo it: a cached task runs for a second and would otherwise publish nothing. Returns the
+    notice, one line, for the stage's notes."""
     stage = report.stage
     made_at, made_by = getattr(report, "made_at", ""), getattr(report, "made_by", "")
     since = f"since {made_at} (flow run `{made_by}`)" if made_at else "since an earlier run"
     redo = "force redoes it (`faces run --force`, or `force: true` in a deployment run's parameters)"
-    get_run_logger().info("%s: served from the cache, inputs unchanged %s; %s", stage, since, redo)
+    notice = f"served from the cache, inputs unchanged {since}; {redo}"
+    get_run_logger().info("%s: %s", stage, notice)
     last_run = report.markdown().split("\n", 1)[-1]  # without its "# <stage>" title
     text = f"# {stage}: served from the cache\n\nInputs unchanged {since}: nothing was redone. {redo}.\n\n"
     create_markdown_artifact(
@@ -120,6 +122,7 @@ def announce_cached(report: StageReport, data_dir: str) -> None:
         key=artifact_key(f"{stage}-summary", data_dir),
         description=f"{stage} summary (cached), data root {data_dir}",
     )
+    return notice
 
 
 def run_published(

@@ -24,6 +24,7 @@ from prefect.context import get_run_context
 from prefect.events import emit_event
 from prefect.logging.loggers import flow_run_logger
 
+from common.files import read_json
 from common.report import StageReport
 from flows.config import NotifyConfig
 
@@ -98,9 +99,9 @@ def notify_failure(flow: Any, flow_run: FlowRun, state: State) -> None:
 
 def notify_training_warnings(report: StageReport) -> None:
     """From the train task that trained and warned: the run's event and webhook, state "Warned"."""
-    warnings = [note.removeprefix("warning: ") for note in report.notes if note.startswith("warning: ")]
-    run = Path(report.outputs.get("run_dir", "?")).name
-    reason = f"training warned ({len(warnings)}): {'; '.join(warnings)}; see runs/{run}/run.json"
+    run_dir = Path(report.outputs["run_dir"])
+    warnings = read_json(run_dir / "run.json").get("warnings", [])  # what the watch said, as recorded
+    reason = f"training warned ({len(warnings)}): {'; '.join(warnings)}; see runs/{run_dir.name}/run.json"
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(get_run_context().task_run.flow_run_id)
         flow_name = client.read_flow(flow_run.flow_id).name

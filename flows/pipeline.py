@@ -119,11 +119,8 @@ def run_stage(
         config, data_dir, force, **kwargs, return_state=True
     )
     report = state.result()  # raises the task's error when it failed
-    if state.name == "Cached":
-        announce_cached(report, data_dir)
-        since = f" since {report.made_at}" if getattr(report, "made_at", "") else ""
-        cached = f"served from the cache: inputs unchanged{since}, nothing redone (--force redoes it)"
-        report = replace(report, notes=[cached, *report.notes])  # a copy: the cached result stays as made
+    if state.name == "Cached":  # a copy with the notice: the cached result stays as it was made
+        report = replace(report, notes=[announce_cached(report, data_dir), *report.notes])
     return report
 
 

@@ -55,9 +55,12 @@ def may_show(root: DataRoot, export_dir: Path, shas: set[str]) -> bool:
     return any(row >= len(index) or index[row]["sha256"] in shas for row in shown[1])
 
 
-def purge_snapshots(root: DataRoot, shas: set[str], crop_ids: set[str]) -> tuple[Paths, dict[Path, Paths]]:
-    """(folders deleted, redacted folder -> files rewritten): snapshots whose images hold the image are
-    deleted, those that only show it as rejected redacted; half-built or half-deleted ones deleted."""
+def purge_snapshots(
+    root: DataRoot, shas: set[str], crop_ids: set[str], holding: Paths
+) -> tuple[Paths, dict[Path, Paths]]:
+    """(folders deleted, redacted folder -> files rewritten): the snapshots `holding` the image (from
+    snapshots_holding) are deleted, those that only show it as rejected redacted; half-built or
+    half-deleted ones deleted."""
     if not root.datasets_dir.is_dir():
         return [], {}
     deleted: Paths = []
@@ -66,7 +69,6 @@ def purge_snapshots(root: DataRoot, shas: set[str], crop_ids: set[str]) -> tuple
             shutil.rmtree(p, ignore_errors=True)
             deleted.append(p)
     redacted: dict[Path, Paths] = {}
-    holding = snapshots_holding(root, shas)
     for folder in snapshot.list_snapshots(root):
         if folder in holding:
             snapshot.remove_snapshot(folder)
@@ -78,8 +80,6 @@ def purge_snapshots(root: DataRoot, shas: set[str], crop_ids: set[str]) -> tuple
 
 def snapshots_holding(root: DataRoot, shas: set[str]) -> Paths:
     """The snapshots whose images hold a crop of one of `shas` (their index.csv says so)."""
-    if not root.datasets_dir.is_dir():
-        return []
     folders = snapshot.list_snapshots(root)
     return [f for f in folders if any(row["sha256"] in shas for row in snapshot.read_index(f))]
 

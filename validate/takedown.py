@@ -68,9 +68,9 @@ def forget(key: str, root: DataRoot | str | Path, validate_config: ValidateConfi
         )
 
     exports = purge_exports(root, target.shas)  # first: the snapshots still say which crops each one shows
-    held = {p.name for p in snapshots_holding(root, target.shas)}
-    runs = mark_runs(root, now_iso(), held, first_stored(root, target))  # while the snapshots tell
-    snapshots, redacted = purge_snapshots(root, target.shas, target.crop_ids)
+    holding = snapshots_holding(root, target.shas)  # read once: the runs are marked before they go
+    runs = mark_runs(root, now_iso(), {p.name for p in holding}, first_stored(root, target))
+    snapshots, redacted = purge_snapshots(root, target.shas, target.crop_ids, holding)
     crop_hashes = {sha256_file(p) for p in target.crop_files if p.is_file()}
     files = remove_files(root, target)
     databases = remove_rows(root, target, crop_hashes)
@@ -270,4 +270,4 @@ def first_stored(root: DataRoot, target: Target) -> str | None:
     before then cannot have learnt from them."""
     seen = raw_manifest.first_seen_by_hash(root.raw_manifest)
     times = [seen.get(sha) for sha in target.shas]
-    return None if None in times or not times else min(t for t in times if t)
+    return min(times) if times and None not in times else None
